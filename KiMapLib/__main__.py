@@ -1,0 +1,5 @@
+"""`python -m KiMapLib` runs the `kimap` command line."""
+
+from KiMapLib.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,72 @@
+"""The ``kimap`` command line: phantom, extract, train, map, export, bench-maps, demo."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+from KiMapLib.errors import Cancelled, KiMapError
+
+#: Modules that add their own sub-command through ``add_parser(subparsers)`` (some are optional).
+SUBCOMMAND_MODULES = ("KiMapLib.phantom", "KiMapLib.commands", "KiMapLib.planning_export", "KiMapLib.bench_maps",
+                      "KiMapLib.demo")
+
+
+@contextlib.contextmanager
+def progress_bar(description: str) -> Iterator:
+    """A progress callback drawing a tqdm bar on stderr (quiet when stderr is not a terminal)."""
+    from tqdm import tqdm
+
+    with tqdm(total=1000, desc=description, unit="‰", leave=False, disable=None,
+              bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed} {postfix}") as bar:
+        def callback(fraction: float, message: str = "") -> None:
+            bar.n = int(fraction * 1000)
+            if message:
+                bar.set_postfix_str(message[:40], refresh=False)
+            bar.refresh()
+
+        yield callback
+
+
+def print_json(data: object) -> None:
+    print(json.dumps(data, indent=2, default=str))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kimap", description="ki67 maps of glioblastoma from MRI radiomics "
+                                     "(research use only).")
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    for name in SUBCOMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ImportError as error:
+            if error.name and error.name.startswith("KiMapLib"):
+                continue  # an optional part that is not installed
+            raise
+        module.add_parser(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except KiMapError as error:
+        print(f"kimap {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except (Cancelled, KeyboardInterrupt):
+        print(f"kimap {args.command}: cancelled; nothing was written", file=sys.stderr)
+        return 130
+
+
+def existing_file(text: str) -> Path:
+    path = Path(text)
+    if not path.exists():
+        raise argparse.ArgumentTypeError(f"{text} does not exist")
+    return path

@@ -1,0 +1,125 @@
+"""Physical geometry in one place: RAS (Slicer) <-> LPS (ITK), IJK<->RAS matrices, grid checks, resampling.
+
+SimpleITK images are LPS: ``physical = origin + direction @ (spacing * index)`` with index (i, j, k).
+Slicer nodes are RAS: ``ras = IJKToRAS @ (i, j, k, 1)``. The two differ by ``diag(-1, -1, 1)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import SimpleITK as sitk
+
+from KiMapLib.errors import GeometryError
+
+LPS_FROM_RAS = np.diag([-1.0, -1.0, 1.0])
+
+#: Grids closer than this (mm for origins/spacings, unitless for directions) count as identical.
+GRID_TOLERANCE = 1e-4
+
+
+def ras_to_lps(points: np.ndarray | Sequence[float]) -> np.ndarray:
+    """Flip the first two axes of one point (3,) or many (N, 3); the map is its own inverse."""
+    return np.asarray(points, dtype=float) * np.array([-1.0, -1.0, 1.0])
+
+
+lps_to_ras = ras_to_lps
+
+
+def ijk_to_ras_matrix(image: sitk.Image) -> np.ndarray:
+    """The 4x4 IJK->RAS matrix of a 3D SimpleITK image (what a Slicer volume node stores)."""
+    direction = np.array(image.GetDirection(), dtype=float).reshape(3, 3)
+    matrix = np.eye(4)
+    matrix[:3, :3] = LPS_FROM_RAS @ direction @ np.diag(image.GetSpacing())
+    matrix[:3, 3] = ras_to_lps(image.GetOrigin())
+    return matrix
+
+
+def image_from_array(array_kji: np.ndarray, ijk_to_ras: np.ndarray) -> sitk.Image:
+    """A SimpleITK image from a numpy array indexed [k, j, i] and a 4x4 IJK->RAS matrix."""
+    ijk_to_ras = np.asarray(ijk_to_ras, dtype=float)
+    axes = ijk_to_ras[:3, :3]
+    spacing = np.linalg.norm(axes, axis=0)
+    if np.any(spacing <= 0):
+        raise GeometryError("IJK->RAS matrix has a zero-length axis", input_name="volume")
+    image = sitk.GetImageFromArray(np.ascontiguousarray(array_kji))
+    image.SetSpacing(spacing.tolist())
+    image.SetDirection((LPS_FROM_RAS @ (axes / spacing)).ravel().tolist())
+    image.SetOrigin(ras_to_lps(ijk_to_ras[:3, 3]).tolist())
+    return image
+
+
+def copy_geometry(array_kji: np.ndarray, reference: sitk.Image) -> sitk.Image:
+    """A SimpleITK image holding ``array_kji`` on exactly the reference image's grid."""
+    image = sitk.GetImageFromArray(np.ascontiguousarray(array_kji))
+    image.CopyInformation(reference)
+    return image
+
+
+def ras_to_continuous_index(image: sitk.Image, ras: Sequence[float]) -> np.ndarray:
+    """Continuous (i, j, k) index of a RAS point in the image's grid."""
+    return np.array(image.TransformPhysicalPointToContinuousIndex(ras_to_lps(ras).tolist()))
+
+
+def nearest_voxel(image: sitk.Image, ras: Sequence[float]) -> tuple[int, int, int] | None:
+    """The (i, j, k) index of the voxel containing a RAS point, or None when it lies outside the image."""
+    index = np.rint(ras_to_continuous_index(image, ras)).astype(int)
+    size = np.array(image.GetSize())
+    if np.any(index < 0) or np.any(index >= size):
+        return None
+    return tuple(int(v) for v in index)
+
+
+def voxel_to_ras(image: sitk.Image, index: Sequence[int]) -> np.ndarray:
+    """RAS coordinates of a voxel centre given its (i, j, k) index."""
+    return lps_to_ras(image.TransformIndexToPhysicalPoint([int(v) for v in index]))
+
+
+def same_grid(a: sitk.Image, b: sitk.Image, tolerance: float = GRID_TOLERANCE) -> bool:
+    """True when both images have the same size, spacing, origin and direction (within tolerance)."""
+    return (
+        a.GetSize() == b.GetSize()
+        and np.allclose(a.GetSpacing(), b.GetSpacing(), atol=tolerance)
+        and np.allclose(a.GetOrigin(), b.GetOrigin(), atol=tolerance)
+        and np.allclose(a.GetDirection(), b.GetDirection(), atol=tolerance)
+    )
+
+
+def check_orthonormal(image: sitk.Image, name: str) -> None:
+    """Refuse sheared or degenerate grids: balls in mm assume an orthonormal direction matrix."""
+    direction = np.array(image.GetDirection(), dtype=float).reshape(3, 3)
+    if image.GetDimension() != 3:
+        raise GeometryError(f"expected a 3D volume, got {image.GetDimension()}D", input_name=name)
+    if not np.allclose(direction.T @ direction, np.eye(3), atol=1e-4):
+        raise GeometryError(
+            "direction matrix is not orthonormal (sheared grid)", input_name=name,
+            hint="resample the volume onto a regular grid first",
+        )
+
+
+def overlap_fraction(reference: sitk.Image, other: sitk.Image) -> float:
+    """Fraction of ``reference``'s voxel centres (sampled on a coarse lattice) that fall inside ``other``."""
+    size = np.array(reference.GetSize())
+    axes = [np.linspace(0, s - 1, num=min(int(s), 12)) for s in size]
+    grid = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, 3)
+    direction = np.array(reference.GetDirection()).reshape(3, 3)
+    points = np.array(reference.GetOrigin()) + (grid * np.array(reference.GetSpacing())) @ direction.T
+    other_direction = np.array(other.GetDirection()).reshape(3, 3)
+    index = ((points - np.array(other.GetOrigin())) @ other_direction) / np.array(other.GetSpacing())
+    inside = np.all((index >= -0.5) & (index <= np.array(other.GetSize()) - 0.5), axis=1)
+    return float(inside.mean())
+
+
+def resample_onto(
+    image: sitk.Image, reference: sitk.Image, *, interpolator: int = sitk.sitkLinear, default: float = 0.0
+) -> sitk.Image:
+    """Resample ``image`` onto ``reference``'s grid (identity transform: both are in one physical space)."""
+    return sitk.Resample(image, reference, sitk.Transform(), interpolator, default, image.GetPixelID())
+
+
+def grid_description(image: sitk.Image) -> str:
+    """Short human-readable grid summary for messages."""
+    size = "x".join(str(s) for s in image.GetSize())
+    spacing = "x".join(f"{s:.3g}" for s in image.GetSpacing())
+    return f"{size} voxels of {spacing} mm"

@@ -1,0 +1,188 @@
+"""Model bundles: a skops file (scikit-learn pipeline) plus a JSON model card that pins its sha256.
+
+Loading never unpickles: skops loads only an allow-list of scikit-learn/numpy types, and the file must match
+the sha256 in its card, the card must match its JSON schema, and the feature list inside the file must
+match the card's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from KiMapLib.atomic import atomic_directory
+from KiMapLib.design import design_matrix
+from KiMapLib.errors import ModelError
+from KiMapLib.resources import models_dir, resources_dir
+from KiMapLib.settings import ExtractionSettings
+
+MODEL_FILE = "model.skops"
+CARD_FILE = "model_card.json"
+RESEARCH_NOTICE = ("Research use only. Not a medical device. Trained on synthetic phantom data unless the card "
+                   "says otherwise; no clinical validity is claimed.")
+
+#: The only types a KiMap model file may contain (anything else is refused before loading).
+TRUSTED_TYPES = frozenset({
+    "sklearn.pipeline.Pipeline",
+    "sklearn.impute._base.SimpleImputer",
+    "sklearn.feature_selection._variance_threshold.VarianceThreshold",
+    "sklearn.preprocessing._data.StandardScaler",
+    "sklearn.feature_selection._univariate_selection.SelectKBest",
+    "sklearn.feature_selection._univariate_selection.f_regression",
+    "sklearn.ensemble._forest.RandomForestRegressor",
+    "sklearn.ensemble._forest.ExtraTreesRegressor",
+    "sklearn.tree._classes.DecisionTreeRegressor",
+    "sklearn.tree._classes.ExtraTreeRegressor",
+    "sklearn.tree._tree.Tree",
+    "sklearn.linear_model._ridge.Ridge",
+    "numpy.dtype",
+    "numpy.ndarray",
+    "builtins.slice",
+    "builtins.object",
+})
+
+
+def sha256_of(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def card_schema() -> dict:
+    return json.loads((resources_dir() / "model_card.schema.json").read_text())
+
+
+def validate_card(card: dict, where: str) -> None:
+    import jsonschema
+
+    try:
+        jsonschema.validate(card, card_schema())
+    except jsonschema.ValidationError as error:
+        location = "/".join(str(p) for p in error.absolute_path) or "(top level)"
+        raise ModelError(f"model card does not match the KiMap schema at {location}: {error.message}",
+                         input_name=where, hint="use a bundle written by `kimap train`") from None
+
+
+@dataclass
+class KiMapModel:
+    """A loaded, verified model: predicts ki67 (%) and P(ki67 >= threshold) from cohort-table rows."""
+
+    card: dict
+    pipeline: object
+    path: Path
+    settings: ExtractionSettings = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.settings = ExtractionSettings.from_dict(self.card["extraction"])
+
+    @property
+    def model_id(self) -> str:
+        return self.card["model_id"]
+
+    @property
+    def required_sequences(self) -> tuple[str, ...]:
+        return tuple(self.card["required_sequences"])
+
+    @property
+    def input_features(self) -> list[str]:
+        return list(self.card["input_features"])
+
+    @property
+    def used_features(self) -> list[str]:
+        """Radiomic features the fitted model depends on (the map computes only these)."""
+        return list(self.card["used_features"])
+
+    @property
+    def threshold_percent(self) -> float:
+        return float(self.card["target"]["threshold_percent"])
+
+    def predict_matrix(self, matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """ki67 (%) clipped to [0, 100] and calibrated P(ki67 >= threshold) for a design matrix."""
+        ki67 = np.clip(self.pipeline.predict(matrix), 0.0, 100.0)
+        return ki67, self.probability(ki67)
+
+    def probability(self, ki67: np.ndarray) -> np.ndarray:
+        platt = self.card["probability"]
+        return 1.0 / (1.0 + np.exp(-(platt["slope"] * np.asarray(ki67) + platt["intercept"])))
+
+    def predict_rows(self, rows: list[dict]) -> tuple[np.ndarray, np.ndarray]:
+        return self.predict_matrix(design_matrix(rows, self.input_features))
+
+
+def save_bundle(pipeline: object, card: dict, out_dir: str | Path, extra_files: dict[str, bytes] | None = None
+                ) -> Path:
+    """Write ``model.skops`` and ``model_card.json`` (with the file's sha256) atomically into ``out_dir``."""
+    import skops.io as sio
+
+    with atomic_directory(out_dir) as staging:
+        sio.dump({"pipeline": pipeline, "input_features": list(card["input_features"])}, staging / MODEL_FILE)
+        card = dict(card, model_file={"path": MODEL_FILE, "sha256": sha256_of(staging / MODEL_FILE),
+                                      "format": "skops"})
+        validate_card(card, str(out_dir))
+        (staging / CARD_FILE).write_text(json.dumps(card, indent=2) + "\n")
+        for name, content in (extra_files or {}).items():
+            (staging / name).write_bytes(content)
+    return Path(out_dir)
+
+
+def registry() -> list[dict]:
+    """Entries of ``Resources/Models.json`` (packaged models)."""
+    path = resources_dir() / "Models.json"
+    return json.loads(path.read_text())["models"] if path.exists() else []
+
+
+def packaged_model_dir(model_id: str | None = None) -> Path:
+    """Folder of a packaged model (the registry's default when ``model_id`` is None)."""
+    entries = registry()
+    for entry in entries:
+        if (model_id is None and entry.get("default")) or entry["id"] == model_id:
+            return models_dir() / entry["path"]
+    raise ModelError(f"no packaged model {model_id or '(default)'} in Resources/Models.json", input_name="model",
+                     hint="give --model MODEL_DIR or reinstall KiMap")
+
+
+def load_model(path: str | Path | None = None) -> KiMapModel:
+    """Load and verify a bundle folder (or the packaged default). Raises ModelError naming the problem."""
+    import skops.io as sio
+
+    folder = Path(path) if path is not None else packaged_model_dir()
+    where = str(folder)
+    card_path = folder / CARD_FILE
+    if not card_path.is_file():
+        raise ModelError(f"no {CARD_FILE} in the model folder", input_name=where,
+                         hint="give a folder written by `kimap train`")
+    try:
+        card = json.loads(card_path.read_text())
+    except json.JSONDecodeError as error:
+        raise ModelError(f"{CARD_FILE} is not valid JSON ({error.msg})", input_name=where) from None
+    validate_card(card, where)
+    model_path = folder / card["model_file"]["path"]
+    if not model_path.is_file():
+        raise ModelError(f"model file {model_path.name} is missing", input_name=where)
+    if sha256_of(model_path) != card["model_file"]["sha256"]:
+        raise ModelError(f"{model_path.name} does not match the sha256 in its model card (modified or corrupted)",
+                         input_name=where, hint="reinstall the model or retrain it; never load an unverified file")
+    try:
+        untrusted = set(sio.get_untrusted_types(file=model_path))
+        refused = sorted(untrusted - TRUSTED_TYPES)
+        if refused:
+            raise ModelError(f"model file contains types outside KiMap's allow-list: {', '.join(refused)}",
+                             input_name=where, hint="only bundles written by `kimap train` can be loaded")
+        content = sio.load(model_path, trusted=sorted(untrusted))
+    except ModelError:
+        raise
+    except Exception as error:  # skops raises many types for a corrupt file
+        raise ModelError(f"cannot read {model_path.name} ({type(error).__name__})", input_name=where) from None
+    if list(content.get("input_features", [])) != list(card["input_features"]):
+        raise ModelError("the feature list in the model file differs from its model card", input_name=where,
+                         hint="the card and the model were not saved together; retrain")
+    pipeline = content["pipeline"]
+    if getattr(pipeline, "n_features_in_", len(card["input_features"])) != len(card["input_features"]):
+        raise ModelError("the model expects a different number of features than its card lists", input_name=where)
+    return KiMapModel(card=card, pipeline=pipeline, path=folder)

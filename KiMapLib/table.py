@@ -1,0 +1,55 @@
+"""The cohort table (CSV): one row per biopsy with identity, covariates, measured ki67 and features."""
+
+from __future__ import annotations
+
+import csv
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from KiMapLib.errors import KiMapError
+
+TEXT_COLUMNS = {"patient_id", "biopsy_id", "sex", "tumor_type", "institution"}
+
+
+def _value(column: str, text: str) -> object:
+    if column in TEXT_COLUMNS:
+        return text
+    if text in ("", "NA", "None"):
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def read_table(path: str | Path) -> list[dict]:
+    """Read a cohort table; numeric columns become floats, empty cells None."""
+    path = Path(path)
+    if not path.exists():
+        raise KiMapError(f"file not found: {path}", input_name="features table")
+    with path.open(newline="") as handle:
+        rows = [{key: _value(key, text or "") for key, text in row.items()} for row in csv.DictReader(handle)]
+    if not rows:
+        raise KiMapError(f"{path.name} has no rows", input_name="features table")
+    return rows
+
+
+def write_table(rows: Sequence[dict], path: str | Path) -> None:
+    """Write rows (union of their keys, first-seen order) atomically: a failed write keeps the old file."""
+    path = Path(path)
+    columns: list[str] = []
+    for row in rows:
+        columns.extend(key for key in row if key not in columns)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w", newline="") as stream:
+            writer = csv.DictWriter(stream, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows({k: ("" if v is None else v) for k, v in row.items()} for row in rows)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,9 +42,37 @@ TRUSTED_TYPES = frozenset({
     "sklearn.linear_model._ridge.Ridge",
     "numpy.dtype",
     "numpy.ndarray",
+    "numpy.float64",
+    "numpy.int64",
+    "builtins.dict",
+    "builtins.list",
+    "builtins.tuple",
+    "builtins.str",
+    "builtins.int",
+    "builtins.float",
+    "builtins.bool",
+    "builtins.NoneType",
     "builtins.slice",
-    "builtins.object",
 })
+
+
+def types_in_file(path: str | Path) -> set[str]:
+    """Every ``module.class`` named in a skops file's schema (read as JSON; nothing is instantiated)."""
+    found: set[str] = set()
+
+    def walk(node: object) -> None:
+        if isinstance(node, dict):
+            if "__module__" in node and "__class__" in node:
+                found.add(f"{node['__module__']}.{node['__class__']}")
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    with zipfile.ZipFile(path) as archive:
+        walk(json.loads(archive.read("schema.json")))
+    return found
 
 
 def sha256_of(path: str | Path) -> str:
@@ -169,12 +198,11 @@ def load_model(path: str | Path | None = None) -> KiMapModel:
         raise ModelError(f"{model_path.name} does not match the sha256 in its model card (modified or corrupted)",
                          input_name=where, hint="reinstall the model or retrain it; never load an unverified file")
     try:
-        untrusted = set(sio.get_untrusted_types(file=model_path))
-        refused = sorted(untrusted - TRUSTED_TYPES)
+        refused = sorted(types_in_file(model_path) - TRUSTED_TYPES)
         if refused:
             raise ModelError(f"model file contains types outside KiMap's allow-list: {', '.join(refused)}",
                              input_name=where, hint="only bundles written by `kimap train` can be loaded")
-        content = sio.load(model_path, trusted=sorted(untrusted))
+        content = sio.load(model_path, trusted=sorted(sio.get_untrusted_types(file=model_path)))
     except ModelError:
         raise
     except Exception as error:  # skops raises many types for a corrupt file

@@ -1,0 +1,59 @@
+"""Model bundles load only when sha256, schema, trusted types and feature list all check out."""
+
+import json
+import shutil
+
+import pytest
+
+from KiMapLib.errors import ModelError
+from KiMapLib.model_bundle import load_model, save_bundle
+
+
+@pytest.fixture
+def bundle(tmp_path, tiny_model_dir):
+    target = tmp_path / "bundle"
+    shutil.copytree(tiny_model_dir, target)
+    return target
+
+
+def test_tampered_model_file_is_refused(bundle):
+    data = bytearray((bundle / "model.skops").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (bundle / "model.skops").write_bytes(bytes(data))
+    with pytest.raises(ModelError, match="model.skops does not match the sha256 in its model card"):
+        load_model(bundle)
+
+
+def test_card_that_breaks_the_schema_is_refused(bundle):
+    card = json.loads((bundle / "model_card.json").read_text())
+    del card["required_sequences"]
+    (bundle / "model_card.json").write_text(json.dumps(card))
+    with pytest.raises(ModelError, match="does not match the KiMap schema.*required_sequences"):
+        load_model(bundle)
+
+
+def test_card_with_another_feature_list_is_refused(bundle):
+    card = json.loads((bundle / "model_card.json").read_text())
+    card["input_features"] = card["input_features"][::-1]
+    (bundle / "model_card.json").write_text(json.dumps(card))
+    with pytest.raises(ModelError, match="feature list in the model file differs from its model card"):
+        load_model(bundle)
+
+
+def test_untrusted_types_are_refused_before_loading(tmp_path, tiny_model_dir):
+    from sklearn.dummy import DummyRegressor
+
+    model = load_model(tiny_model_dir)
+    sneaky = DummyRegressor()  # a harmless type that is not on KiMap's allow-list
+    model.pipeline.steps.append(("extra", sneaky))
+    try:
+        save_bundle(model.pipeline, model.card, tmp_path / "sneaky")
+    finally:
+        model.pipeline.steps.pop()
+    with pytest.raises(ModelError, match="types outside KiMap's allow-list: sklearn.dummy.DummyRegressor"):
+        load_model(tmp_path / "sneaky")
+
+
+def test_missing_folder_is_named(tmp_path):
+    with pytest.raises(ModelError, match="no model_card.json"):
+        load_model(tmp_path / "nowhere")

@@ -221,24 +221,30 @@ def _interpolate(points: np.ndarray, values: np.ndarray, targets: np.ndarray) ->
     return np.where(np.isfinite(linear), linear, nearest)
 
 
-def write_map(result: MapResult, out_dir: str | Path, formats: tuple[str, ...] = ("nrrd",), overlay: bool = True,
-              points_ijk: list | None = None) -> Path:
-    """Write maps, region, summary and overlay into ``out_dir`` atomically (the old folder survives failures)."""
+def write_map_files(result: MapResult, folder: Path, formats: tuple[str, ...] = ("nrrd",), overlay: bool = True,
+                    points_ijk: list | None = None) -> None:
+    """Write maps, region, overlay and summary into an existing folder (no atomicity; see :func:`write_map`)."""
     from KiMapLib.plots import overlay as draw_overlay
 
     suffixes = {"nrrd": ".nrrd", "nifti": ".nii.gz"}
     unknown = [f for f in formats if f not in suffixes]
     if unknown:
         raise KiMapError(f"unknown format {unknown[0]}", input_name="--formats", hint="use nrrd and/or nifti")
+    for fmt in formats:
+        suffix = suffixes[fmt]
+        sitk.WriteImage(result.ki67, str(folder / f"ki67_map{suffix}"), useCompression=True)
+        sitk.WriteImage(result.probability, str(folder / f"ki67_probability{suffix}"), useCompression=True)
+        sitk.WriteImage(result.region, str(folder / f"region{suffix}"), useCompression=True)
+    if overlay:
+        slice_k = draw_overlay(result.t1c, result.ki67, folder / "overlay.png", points_ijk=points_ijk,
+                               title=f"ki67 map ({result.summary.get('model_id')}) — research use only")
+        result.summary["overlay_slice_k"] = slice_k
+    (folder / "summary.json").write_text(json.dumps(result.summary, indent=2, default=str) + "\n")
+
+
+def write_map(result: MapResult, out_dir: str | Path, formats: tuple[str, ...] = ("nrrd",), overlay: bool = True,
+              points_ijk: list | None = None) -> Path:
+    """Write the map folder atomically: on any failure the earlier folder stays as it was."""
     with atomic_directory(out_dir) as staging:
-        for fmt in formats:
-            suffix = suffixes[fmt]
-            sitk.WriteImage(result.ki67, str(staging / f"ki67_map{suffix}"), useCompression=True)
-            sitk.WriteImage(result.probability, str(staging / f"ki67_probability{suffix}"), useCompression=True)
-            sitk.WriteImage(result.region, str(staging / f"region{suffix}"), useCompression=True)
-        if overlay:
-            slice_k = draw_overlay(result.t1c, result.ki67, staging / "overlay.png", points_ijk=points_ijk,
-                                   title=f"ki67 map ({result.summary.get('model_id')}) — research use only")
-            result.summary["overlay_slice_k"] = slice_k
-        (staging / "summary.json").write_text(json.dumps(result.summary, indent=2, default=str) + "\n")
+        write_map_files(result, staging, formats, overlay, points_ijk)
     return Path(out_dir)

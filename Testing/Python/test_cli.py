@@ -1,0 +1,85 @@
+"""The `kimap` command line: one-line errors naming the input, non-zero exits, earlier outputs kept."""
+
+import shutil
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from conftest import make_volume, synthetic_patient
+
+from KiMapLib.biopsies import Biopsy, write_biopsies_csv
+from KiMapLib.cli import main
+from KiMapLib.table import read_table
+
+
+@pytest.fixture(scope="module")
+def case_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("case")
+    patient = synthetic_patient(21)
+    for name, image in patient["volumes"].items():
+        sitk.WriteImage(image, str(folder / f"{name}.nrrd"))
+    sitk.WriteImage(patient["label"], str(folder / "label.nrrd"))
+    far = Biopsy("P21", "FAR", patient["biopsies"][0].ras + 300.0)
+    write_biopsies_csv([*patient["biopsies"], far], folder / "biopsies.csv")
+    return folder
+
+
+def volume_args(folder, **replace):
+    args = []
+    for name in ("t1c", "t2", "flair", "adc"):
+        args += ["--volume", f"{name}={replace.get(name, folder / f'{name}.nrrd')}"]
+    return args
+
+
+def one_error_line(capsys, prefix):
+    lines = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(prefix), lines[0]
+    return lines[0]
+
+
+def test_extract_reports_the_bad_point_and_keeps_the_others(tmp_path, case_dir, capsys):
+    out = tmp_path / "table.csv"
+    code = main(["extract", *volume_args(case_dir), "--biopsies", str(case_dir / "biopsies.csv"), "--radius", "3",
+                 "--out", str(out)])
+    assert code == 1
+    line = one_error_line(capsys, "kimap extract: error: biopsy P21/FAR: point (")
+    assert "outside the t1c volume" in line
+    rows = read_table(out)
+    assert len(rows) == 4 and all(r["patient_id"] == "P21" for r in rows)
+    assert (tmp_path / "table.settings.json").exists()
+
+
+def test_map_bad_inputs_fail_cleanly_and_keep_the_earlier_map(tmp_path, case_dir, tiny_model_dir, capsys):
+    out = tmp_path / "map"
+    good = ["map", *volume_args(case_dir), "--region", str(case_dir / "label.nrrd"), "--model", str(tiny_model_dir),
+            "--out", str(out)]
+    assert main(good) == 0
+    snapshot = {p.name: p.read_bytes() for p in out.iterdir()}
+    capsys.readouterr()
+
+    far = make_volume(np.ones((6, 6, 6)), origin=(800.0, 800.0, 800.0))
+    sitk.WriteImage(far, str(tmp_path / "far.nrrd"))
+    nan_values = sitk.GetArrayFromImage(sitk.ReadImage(str(case_dir / "adc.nrrd")))
+    nan_values[3, 4, 5] = np.nan
+    nan_image = sitk.GetImageFromArray(nan_values)
+    nan_image.CopyInformation(sitk.ReadImage(str(case_dir / "adc.nrrd")))
+    sitk.WriteImage(nan_image, str(tmp_path / "nan.nrrd"))
+    tampered = tmp_path / "tampered"
+    shutil.copytree(tiny_model_dir, tampered)
+    (tampered / "model.skops").write_bytes((tampered / "model.skops").read_bytes()[:-10])
+
+    cases = [
+        (volume_args(case_dir, flair=tmp_path / "far.nrrd"), tiny_model_dir, "flair: does not overlap the t1c"),
+        (volume_args(case_dir, adc=tmp_path / "nan.nrrd"), tiny_model_dir, "adc: 1 voxels are NaN or Inf"),
+        (volume_args(case_dir)[:-2], tiny_model_dir, "adc: the model needs t1c, t2, flair, adc"),
+        (volume_args(case_dir), tampered, f"{tampered}: model.skops does not match the sha256"),
+        (volume_args(case_dir, t2=tmp_path / "missing.nrrd"), tiny_model_dir, "t2: file not found"),
+    ]
+    for volumes, model, message in cases:
+        code = main(["map", *volumes, "--region", str(case_dir / "label.nrrd"), "--model", str(model),
+                     "--out", str(out)])
+        assert code == 2
+        one_error_line(capsys, f"kimap map: error: {message}")
+        assert {p.name: p.read_bytes() for p in out.iterdir()} == snapshot
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["far.nrrd", "map", "nan.nrrd", "tampered"]

@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     model = load_model(args.model)
     out = Path(args.out)
-    with atomic_directory(out) as staging:
+    with atomic_directory(out, "demo_report.json", "demo") as staging:
         with progress_bar("synthetic case") as progress:
             records = generate_cohort(staging / "case", 1, args.seed, progress=progress)
         folder = staging / "case" / records[0]["patient_id"]

@@ -79,7 +79,7 @@ def _engine_features(case: Case, centres: np.ndarray, region: np.ndarray, used: 
     for number, (sequence, keys) in enumerate(by_sequence.items()):
         maps = feature_maps(case.images[sequence], mask, settings, features=keys, kernel="ball",
                             progress=scaled(progress, number / len(by_sequence), (number + 1) / len(by_sequence)),
-                            kernel_mask=foreground, min_kernel_voxels=min_voxels)
+                            kernel_mask=foreground, min_kernel_voxels=min_voxels, dtype=np.float64)
         for key in keys:
             array = sitk.GetArrayViewFromImage(maps[key])
             values[:, used.index(f"{sequence}_{key}")] = array[centres[:, 0], centres[:, 1], centres[:, 2]]
@@ -245,6 +245,6 @@ def write_map_files(result: MapResult, folder: Path, formats: tuple[str, ...] = 
 def write_map(result: MapResult, out_dir: str | Path, formats: tuple[str, ...] = ("nrrd",), overlay: bool = True,
               points_ijk: list | None = None) -> Path:
     """Write the map folder atomically: on any failure the earlier folder stays as it was."""
-    with atomic_directory(out_dir) as staging:
+    with atomic_directory(out_dir, "summary.json", "map") as staging:
         write_map_files(result, staging, formats, overlay, points_ijk)
     return Path(out_dir)

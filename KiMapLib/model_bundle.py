@@ -149,7 +149,7 @@ def save_bundle(pipeline: object, card: dict, out_dir: str | Path, extra_files: 
     """Write ``model.skops`` and ``model_card.json`` (with the file's sha256) atomically into ``out_dir``."""
     import skops.io as sio
 
-    with atomic_directory(out_dir) as staging:
+    with atomic_directory(out_dir, CARD_FILE, "model bundle") as staging:
         sio.dump({"pipeline": pipeline, "input_features": list(card["input_features"])}, staging / MODEL_FILE)
         card = dict(card, model_file={"path": MODEL_FILE, "sha256": sha256_of(staging / MODEL_FILE),
                                       "format": "skops"})

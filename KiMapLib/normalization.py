@@ -34,6 +34,6 @@ def zscore(image: sitk.Image, foreground: np.ndarray, scale: float, name: str) -
         raise KiMapError("has constant intensity inside the foreground", input_name=name,
                          hint="check that the right volume was given")
     normalized = np.where(foreground, (values - inside.mean()) / std * scale, 0.0)
-    result = sitk.GetImageFromArray(normalized.astype(np.float32))
+    result = sitk.GetImageFromArray(normalized)  # float64: pyradiomics and the engine then agree to 1e-12
     result.CopyInformation(image)
     return result

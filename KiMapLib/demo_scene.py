@@ -1,0 +1,104 @@
+"""The demo's Slicer scene: ``kimap_demo.mrb`` and ``overlay_slicer.png`` (a slice view rendered headless).
+
+Needs ``slicer-core`` (or 3D Slicer); everything Slicer-specific goes through :mod:`KiMapLib.mrml_logic`, so
+importing this module fails with ImportError where slicer is not installed (the demo then skips the scene).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from KiMapLib import mrml_logic
+from KiMapLib.geometry import ijk_to_ras_matrix
+
+MRB_NAME = "kimap_demo.mrb"
+PNG_NAME = "overlay_slicer.png"
+SEQUENCE_NAMES = {"t1c": "T1C", "t2": "T2", "flair": "FLAIR", "adc": "ADC"}
+
+
+def _add_volume(image: sitk.Image, name: str, label: bool = False):
+    class_name = "vtkMRMLLabelMapVolumeNode" if label else "vtkMRMLScalarVolumeNode"
+    node = mrml_logic.slicer.mrmlScene.AddNewNodeByClass(class_name, name)
+    node.CreateDefaultDisplayNodes()
+    mrml_logic.update_node_from_image(node, image)
+    return node
+
+
+def _biopsy_records(rows: Sequence[Mapping[str, object]]) -> list[dict[str, object]]:
+    records = []
+    for row in rows:
+        def number(key, row=row):
+            value = row.get(key)
+            return None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
+
+        records.append({"biopsy": str(row.get("biopsy_id")), "predicted_ki67": number("predicted_ki67"),
+                        "probability_high": number("probability_high"), "measured_ki67": number("ki67"),
+                        "r": number("r"), "a": number("a"), "s": number("s"), "note": ""})
+    return records
+
+
+def write_demo_scene(out_dir: str | Path, case, result, rows: Sequence[Mapping[str, object]],
+                     volume_paths: Mapping[str, str | Path] | None = None, *, opacity: float = 0.6,
+                     size: int = 512) -> list[Path]:
+    """Write ``out_dir/kimap_demo.mrb`` and ``out_dir/overlay_slicer.png``; return both paths.
+
+    ``case``: the :class:`KiMapLib.case.Case` the map was computed on (its t1c is the background);
+    ``result``: the :class:`KiMapLib.mapping.MapResult`; ``rows``: rows of ``predict_biopsies`` (biopsy_id,
+    r, a, s, ki67 measured, predicted_ki67, probability_high). ``volume_paths`` (sequence -> file) puts the
+    original sequences in the scene; without it the other sequences are the case's normalized images.
+    The scene holds the volumes, the tumor region, the biopsy markups, the ki67 and P(high) maps with KiMap's
+    color table and display settings, the biopsy table, and slice views set to show the map over the t1c.
+    """
+    import matplotlib.image
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    scene = mrml_logic.setup_headless_scene()
+
+    images = {"t1c": case.reference}
+    for name, image in case.images.items():
+        if name != "t1c":
+            images[name] = image
+    if volume_paths:
+        images.update({name: sitk.ReadImage(str(path)) for name, path in volume_paths.items()})
+    volume_nodes = {}
+    for name, image in images.items():
+        normalized = not volume_paths or name not in volume_paths
+        label = SEQUENCE_NAMES.get(name, name) + (" (normalized)" if normalized and name != "t1c" else "")
+        volume_nodes[name] = _add_volume(sitk.Cast(image, sitk.sitkFloat32), label)
+    t1c_node = volume_nodes["t1c"]
+    region_node = _add_volume(sitk.Cast(result.region, sitk.sitkUInt8), "tumor region", label=True)
+    region_node.GetDisplayNode().SetVisibility(False)
+
+    markups = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "Biopsies")
+    markups.CreateDefaultDisplayNodes()
+    records = _biopsy_records(rows)
+    for record in records:
+        markups.AddControlPoint(record["r"], record["a"], record["s"], record["biopsy"])
+    table = scene.AddNewNodeByClass("vtkMRMLTableNode", "Biopsies ki67")
+    mrml_logic._fill_table(table, records)
+    markups.SetAttribute(mrml_logic.ATTRIBUTE_TABLE, table.GetID())
+
+    logic = mrml_logic.KiMapLogic(scene)
+    ki67_node, _probability_node = logic._writeMapNodes(
+        t1c_node, result.ki67, result.probability, getattr(result, "summary", {}),
+        str(getattr(result, "summary", {}).get("model_id", "")), None, None, 0.0)
+    mrml_logic.add_color_legend(ki67_node)
+    display = t1c_node.GetDisplayNode()
+    display.AutoWindowLevelOn()
+
+    region = sitk.GetArrayViewFromImage(result.region).astype(bool)
+    centre_kji = np.argwhere(region).mean(axis=0) if region.any() else np.array(region.shape) / 2
+    centre_ras = ijk_to_ras_matrix(result.ki67) @ np.array([*centre_kji[::-1], 1.0])
+    mrml_logic.set_slice_viewer_layers(t1c_node, ki67_node, opacity=opacity, scene=scene)
+    rgba = mrml_logic.slice_view_image(t1c_node, ki67_node, opacity=opacity, ras=tuple(centre_ras[:3]), size=size,
+                                       scene=scene)
+    png = out_dir / PNG_NAME
+    matplotlib.image.imsave(png, np.ascontiguousarray(rgba[..., :3]))  # opaque: black outside the volume
+    mrb = mrml_logic.save_scene_mrb(out_dir / MRB_NAME, scene)
+    return [mrb, png]

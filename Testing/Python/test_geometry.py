@@ -7,8 +7,8 @@ from conftest import make_volume, rotation
 
 from KiMapLib.errors import GeometryError, KiMapError
 from KiMapLib.geometry import (
-    image_from_array,
     ijk_to_ras_matrix,
+    image_from_array,
     nearest_voxel,
     overlap_fraction,
     ras_to_lps,

@@ -36,7 +36,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--target", default="ki67")
     train.add_argument("--group", default="patient_id", help="column that identifies the patient")
     train.add_argument("--threshold", type=float, default=20.0, help="ki67 %% for P(ki67 >= threshold)")
-    train.add_argument("--estimator", default="rf", choices=("rf", "ridge"))
+    train.add_argument("--estimator", default="ridge", choices=("rf", "ridge"))
     train.add_argument("--k-features", type=int, default=20)
     train.add_argument("--model-id", default="kimap-ki67-custom")
     train.add_argument("--seed", type=int, default=0)

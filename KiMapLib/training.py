@@ -30,7 +30,7 @@ class TrainingConfig:
     target: str = "ki67"
     group: str = "patient_id"
     threshold_percent: float = 20.0
-    estimator: str = "rf"
+    estimator: str = "ridge"
     k_features: int = 20
     covariates: tuple[str, ...] = DEFAULT_COVARIATES
     seed: int = 0

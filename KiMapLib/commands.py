@@ -41,6 +41,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--model-id", default="kimap-ki67-custom")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--data-description", default="")
+    train.add_argument("--register", action="store_true",
+                       help="make the bundle (inside Resources/Models) the packaged default in Models.json")
     train.set_defaults(func=run_train)
 
     mapper = subparsers.add_parser("map", help="whole-tumor ki67 and probability maps")
@@ -135,6 +137,10 @@ def run_train(args: argparse.Namespace) -> int:
         (reports / "cv_report.json").write_text(json.dumps(result.report, indent=2) + "\n")
         save_bundle(result.pipeline, result.card, args.out, extra_files={p.name: p.read_bytes() for p in
                                                                           reports.iterdir()})
+    if args.register:
+        from KiMapLib.model_bundle import register_packaged
+
+        register_packaged(args.out)
     cv = result.report["cv"]
     print(f"LOPO over {cv['folds']} patients: RMSE {cv['rmse']:.2f} %, R² {cv['r2']:.3f}, MSE {cv['mse']:.2f}, "
           f"AUC {cv['auc']:.3f}, Brier {cv['brier']:.3f}")

@@ -77,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
         ki67 = sitk.GetArrayFromImage(result.ki67)
         inside = np.isfinite(ki67)
         rho = spearman(ki67[inside], truth[inside])
-        scene = _demo_scene(staging, case, result, rows)
+        scene = _demo_scene(staging, folder, case, result, rows)
         report = {"notice": SYNTHETIC_NOTICE, "model_id": model.model_id, "seed": args.seed,
                   "patient_id": records[0]["patient_id"], "biopsies": len(rows),
                   "biopsy_errors": [str(e) for e in errors], "biopsy_metrics": biopsy_metrics,
@@ -95,10 +95,11 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _demo_scene(folder: Path, case, result, rows) -> list[str]:
+def _demo_scene(folder: Path, case_folder: Path, case, result, rows) -> list[str]:
     """The Slicer scene (.mrb) and a slice-view rendering, when slicer-core is installed."""
     try:
         from KiMapLib.demo_scene import write_demo_scene
     except ImportError:
         return []
-    return [Path(p).name for p in write_demo_scene(folder, case, result, rows)]
+    paths = {name: case_folder / f"{name}.nrrd" for name in case.images}
+    return [Path(p).name for p in write_demo_scene(folder, case, result, rows, paths)]

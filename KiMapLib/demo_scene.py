@@ -29,6 +29,17 @@ def _add_volume(image: sitk.Image, name: str, label: bool = False):
     return node
 
 
+def _window_from_percentiles(node, image: sitk.Image) -> None:
+    """Grey window 1st-99th percentile of the non-zero voxels (auto window/level needs the Slicer app)."""
+    values = sitk.GetArrayViewFromImage(image)
+    values = values[values != 0]
+    if values.size:
+        low, high = np.percentile(values, [1, 99])
+        display = node.GetDisplayNode()
+        display.AutoWindowLevelOff()
+        display.SetWindowLevelMinMax(float(low), float(high))
+
+
 def _biopsy_records(rows: Sequence[Mapping[str, object]]) -> list[dict[str, object]]:
     records = []
     for row in rows:
@@ -89,8 +100,8 @@ def write_demo_scene(out_dir: str | Path, case, result, rows: Sequence[Mapping[s
         t1c_node, result.ki67, result.probability, getattr(result, "summary", {}),
         str(getattr(result, "summary", {}).get("model_id", "")), None, None, 0.0)
     mrml_logic.add_color_legend(ki67_node)
-    display = t1c_node.GetDisplayNode()
-    display.AutoWindowLevelOn()
+    for name, node in volume_nodes.items():
+        _window_from_percentiles(node, images[name])
 
     region = sitk.GetArrayViewFromImage(result.region).astype(bool)
     centre_kji = np.argwhere(region).mean(axis=0) if region.any() else np.array(region.shape) / 2

@@ -166,6 +166,27 @@ def registry() -> list[dict]:
     return json.loads(path.read_text())["models"] if path.exists() else []
 
 
+def register_packaged(folder: str | Path, default: bool = True) -> dict:
+    """Add (or update) a bundle inside ``Resources/Models`` in the registry ``Resources/Models.json``."""
+    folder = Path(folder).resolve()
+    try:
+        relative = folder.relative_to(models_dir().resolve())
+    except ValueError:
+        raise ModelError("only bundles inside Resources/Models can be registered", input_name=str(folder)) from None
+    card = load_model(folder).card
+    entry = {"id": card["model_id"], "title": card.get("title", ""), "path": relative.as_posix(),
+             "sha256": card["model_file"]["sha256"], "default": default,
+             "required_sequences": card["required_sequences"], "intended_use": card["intended_use"]}
+    entries = [e for e in registry() if e["id"] != entry["id"]]
+    if default:
+        for other in entries:
+            other["default"] = False
+    document = {"description": "KiMap packaged models (verified against each model card's sha256 on load).",
+                "models": [*entries, entry]}
+    (resources_dir() / "Models.json").write_text(json.dumps(document, indent=2) + "\n")
+    return entry
+
+
 def packaged_model_dir(model_id: str | None = None) -> Path:
     """Folder of a packaged model (the registry's default when ``model_id`` is None)."""
     entries = registry()
@@ -180,6 +201,9 @@ def load_model(path: str | Path | None = None) -> KiMapModel:
     """Load and verify a bundle folder (or the packaged default). Raises ModelError naming the problem."""
     import skops.io as sio
 
+    entry = None
+    if path is None:
+        entry = next((e for e in registry() if e.get("default")), None)
     folder = Path(path) if path is not None else packaged_model_dir()
     where = str(folder)
     card_path = folder / CARD_FILE
@@ -194,6 +218,9 @@ def load_model(path: str | Path | None = None) -> KiMapModel:
     model_path = folder / card["model_file"]["path"]
     if not model_path.is_file():
         raise ModelError(f"model file {model_path.name} is missing", input_name=where)
+    if entry is not None and entry.get("sha256") != card["model_file"]["sha256"]:
+        raise ModelError("the packaged model card does not match Resources/Models.json (sha256)", input_name=where,
+                         hint="reinstall KiMap or run `make model`")
     if sha256_of(model_path) != card["model_file"]["sha256"]:
         raise ModelError(f"{model_path.name} does not match the sha256 in its model card (modified or corrupted)",
                          input_name=where, hint="reinstall the model or retrain it; never load an unverified file")

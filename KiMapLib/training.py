@@ -18,7 +18,7 @@ from KiMapLib.design import DEFAULT_COVARIATES, design_matrix, radiomic_columns
 from KiMapLib.errors import KiMapError
 from KiMapLib.model_bundle import RESEARCH_NOTICE
 from KiMapLib.progress import ProgressCallback, report
-from KiMapLib.settings import ExtractionSettings
+from KiMapLib.settings import SEQUENCES, ExtractionSettings
 
 ESTIMATORS = ("rf", "ridge")
 
@@ -182,12 +182,11 @@ def train(rows: Sequence[dict], config: TrainingConfig | None = None, *, setting
     selected = pipeline[:-1].get_feature_names_out(np.array(columns, dtype=object))
     used = [name for name in selected if name in radiomic]
 
+    sequences = [s for s in SEQUENCES if any(column.startswith(f"{s}_") for column in radiomic)]
+    needed = [s for s in sequences if s == "t1c" or any(name.startswith(f"{s}_") for name in used)]
     metrics = regression_metrics(target, predicted)
     per_patient = {p: regression_metrics(target[groups == p], predicted[groups == p])["rmse"] for p in patients}
     institutions = sorted({str(row.get("institution")) for row in rows if row.get("institution")})
-    sequences = sorted({column.split("_original_")[0] for column in radiomic},
-                       key=lambda s: ("t1c", "t2", "flair", "adc").index(s) if s in ("t1c", "t2", "flair", "adc")
-                       else 9)
     cv = {"scheme": "leave-one-patient-out", "folds": len(patients), **metrics,
           **probability_metrics(high, probability), "rmse_per_patient_median": float(np.median(
               list(per_patient.values())))}
@@ -198,7 +197,8 @@ def train(rows: Sequence[dict], config: TrainingConfig | None = None, *, setting
         "intended_use": RESEARCH_NOTICE,
         "created": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "model_file": {"path": "model.skops", "sha256": "0" * 64, "format": "skops"},
-        "required_sequences": sequences,
+        "required_sequences": needed,
+        "trained_on_sequences": sequences,
         "input_features": columns,
         "radiomic_features": radiomic,
         "used_features": used,

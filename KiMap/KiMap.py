@@ -78,6 +78,8 @@ class KiMapParameterNode:
     exportDirectory: Path
     exportNrrd: bool = True
     exportNifti: bool = True
+    exportDicom: bool = False
+    referenceDicomDirectory: Path
 
 
 class KiMapWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
@@ -277,11 +279,12 @@ class KiMapWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onExport(self):
         parameters = self._parameterNode
-        formats = [name for name, checked in (("nrrd", parameters.exportNrrd), ("nifti", parameters.exportNifti))
-                   if checked]
+        formats = [name for name, checked in (("nrrd", parameters.exportNrrd), ("nifti", parameters.exportNifti),
+                                              ("dicom", parameters.exportDicom)) if checked]
         folder = self.runWithProgress("Export", lambda: self.logic.exportMap(
             parameters.ki67Map, str(parameters.exportDirectory or ""), tableNode=parameters.biopsyTable,
-            formats=formats))
+            formats=formats, referenceDicomDirectory=str(parameters.referenceDicomDirectory or "") or None,
+            progress=self.progress))
         if folder is not None:
             self.ui.statusLabel.text = f"Exported to {folder}"
 

@@ -532,15 +532,25 @@ class KiMapLogic:
     # -- export -------------------------------------------------------------------------------------------------
 
     def exportMap(self, ki67Node, outputDirectory: str | Path, probabilityNode=None, tableNode=None,
-                  formats: tuple[str, ...] | list[str] = ("nrrd", "nifti"), folderName: str | None = None) -> Path:
+                  formats: tuple[str, ...] | list[str] = ("nrrd", "nifti"), folderName: str | None = None,
+                  referenceDicomDirectory: str | Path | None = None, levels: list[str] | None = None,
+                  progress: ProgressCallback | None = None) -> Path:
         """Write the maps (NaN outside the region, as the command line writes them), region, summary, overlay
         and the biopsy table (CSV) into a new folder ``outputDirectory/folderName`` and return that folder.
 
         The folder (default: the ki67 node's name) is replaced as a whole and atomically, so it is always a
         dedicated sub-folder: the chosen ``outputDirectory`` itself is never emptied. ``formats``: "nrrd",
-        "nifti" (and what ``KiMapLib.mapping.write_map`` supports).
+        "nifti", and "dicom" — the radiation-planning export (:func:`KiMapLib.planning_export.export_planning`:
+        Parametric Maps and an RT Structure Set of ``levels``) into ``<folder>_planning`` beside it, referencing
+        the t1c DICOM series in ``referenceDicomDirectory``.
         """
         from KiMapLib import mapping
+
+        dicom = "dicom" in formats
+        formats = tuple(f for f in formats if f != "dicom") or (("nrrd",) if dicom else ())
+        if dicom and not str(referenceDicomDirectory or "").strip():
+            raise KiMapError("DICOM export needs the folder of the t1c DICOM series", input_name="t1c DICOM",
+                             hint="choose the series the map was computed on")
 
         if ki67Node is None or ki67Node.GetAttribute(ATTRIBUTE_MAP) != "ki67":
             raise KiMapError("select a ki67 map computed by KiMap", input_name="map")
@@ -567,6 +577,12 @@ class KiMapLogic:
         result = mapping.MapResult(ki67=ki67, probability=probability, region=region, t1c=t1c, summary=summary)
         with tempfile.TemporaryDirectory() as scratch:
             table_csv = write_table_csv(tableNode, Path(scratch) / "biopsies.csv") if tableNode is not None else None
+            if dicom:  # first, so that a reference series that does not fit the map stops the export early
+                from KiMapLib.planning_export import export_planning
+
+                staged = mapping.write_map(result, Path(scratch) / "map", formats=("nrrd",), overlay=False)
+                export_planning(staged, Path(referenceDicomDirectory), out_dir.with_name(f"{out_dir.name}_planning"),
+                                levels=levels, progress=progress)
             mapping.write_map(result, out_dir, formats=formats, overlay=t1c is not None)
             if table_csv is not None:
                 table_csv.replace(out_dir / "biopsies.csv")

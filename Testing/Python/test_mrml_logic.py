@@ -436,3 +436,31 @@ def test_demo_scene_writes_mrb_that_reloads_with_overlay(tmp_path):
     assert [float(r["measured_ki67"]) for r in rows_loaded] == [10.0, 20.0]
     composite = scene.GetSingletonNode("Red", "vtkMRMLSliceCompositeNode")
     assert composite.GetForegroundVolumeID() == ki67[0].GetID()
+
+
+def test_export_map_dicom_planning_from_the_scene(case_scene, probe, tmp_path):
+    from KiMapLib.dicom_io import write_mr_series
+    from KiMapLib.mrml_logic import image_from_node
+
+    logic = KiMapLogic()
+    ki67_node, _ = logic.computeMap(volumes_of(case_scene), case_scene.label, probe)
+    t1c = image_from_node(case_scene.volumes["t1c"], "t1c")
+    write_mr_series(t1c, tmp_path / "t1c_dicom", patient_id="SCENE01", patient_name="SYNTHETIC^SCENE",
+                    series_description="t1c (SYNTHETIC)")
+    folder = logic.exportMap(ki67_node, tmp_path / "export", formats=("nrrd", "dicom"),
+                             referenceDicomDirectory=tmp_path / "t1c_dicom", levels=["ki67>=10"])
+    planning = folder.with_name(f"{folder.name}_planning")
+    report = json.loads((planning / "export_report.json").read_text())
+    assert [roi["name"] for roi in report["rois"]] and report["rois"][0]["dice_contours_vs_mask"] >= 0.95
+    assert (planning / "dicom" / "KiMap_ki67_levels_RTSTRUCT.dcm").is_file()
+    assert report["reference_series"]["PatientID"] == "SCENE01"
+
+    # A reference series on another grid is refused before anything is written.
+    shifted = sitk.Image(t1c)
+    shifted.SetOrigin([v + 7.0 for v in t1c.GetOrigin()])
+    write_mr_series(shifted, tmp_path / "other_dicom", patient_id="SCENE01", patient_name="SYNTHETIC^SCENE",
+                    series_description="t1c (SYNTHETIC)")
+    with pytest.raises(KiMapError, match="--reference-dicom other_dicom"):
+        logic.exportMap(ki67_node, tmp_path / "export2", formats=("nrrd", "dicom"),
+                        referenceDicomDirectory=tmp_path / "other_dicom")
+    assert not (tmp_path / "export2").exists()

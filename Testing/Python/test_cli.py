@@ -9,6 +9,7 @@ from conftest import make_volume, synthetic_patient
 
 from KiMapLib.biopsies import Biopsy, write_biopsies_csv
 from KiMapLib.cli import main
+from KiMapLib.model_bundle import load_model
 from KiMapLib.table import read_table
 
 
@@ -29,6 +30,11 @@ def volume_args(folder, **replace):
     for name in ("t1c", "t2", "flair", "adc"):
         args += ["--volume", f"{name}={replace.get(name, folder / f'{name}.nrrd')}"]
     return args
+
+
+def _without(args, sequence):
+    index = args.index(next(a for a in args if a.startswith(f"{sequence}=")))
+    return args[:index - 1] + args[index + 1:]
 
 
 def one_error_line(capsys, prefix):
@@ -69,10 +75,12 @@ def test_map_bad_inputs_fail_cleanly_and_keep_the_earlier_map(tmp_path, case_dir
     shutil.copytree(tiny_model_dir, tampered)
     (tampered / "model.skops").write_bytes((tampered / "model.skops").read_bytes()[:-10])
 
+    needed = load_model(tiny_model_dir).required_sequences[-1]  # a sequence the model cannot do without
+    assert needed != "t1c"
     cases = [
         (volume_args(case_dir, flair=tmp_path / "far.nrrd"), tiny_model_dir, "flair: does not overlap the t1c"),
         (volume_args(case_dir, adc=tmp_path / "nan.nrrd"), tiny_model_dir, "adc: 1 voxels are NaN or Inf"),
-        (volume_args(case_dir)[:-2], tiny_model_dir, "adc: the model needs t1c, t2, flair, adc"),
+        (_without(volume_args(case_dir), needed), tiny_model_dir, f"{needed}: the model needs "),
         (volume_args(case_dir), tampered, f"{tampered}: model.skops does not match the sha256"),
         (volume_args(case_dir, t2=tmp_path / "missing.nrrd"), tiny_model_dir, "t2: file not found"),
     ]

@@ -242,6 +242,16 @@ def _ds(value: float) -> str:
     return format_number_as_ds(float(value))
 
 
+def new_file_dataset(sop_class_uid: str) -> FileDataset:
+    """An empty explicit-little-endian DICOM file dataset with a new SOP Instance UID in its meta header."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = sop_class_uid
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.ImplementationClassUID = pydicom.uid.PYDICOM_IMPLEMENTATION_UID
+    return FileDataset(None, {}, file_meta=meta, preamble=b"\0" * 128)
+
+
 def write_mr_series(
     image: sitk.Image,
     out_dir: str | Path,
@@ -291,13 +301,8 @@ def write_mr_series(
 
     sop_uids, files = [], []
     for k in range(stored.shape[0]):
-        sop_uid = generate_uid()
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = MR_IMAGE_STORAGE
-        meta.MediaStorageSOPInstanceUID = sop_uid
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        meta.ImplementationClassUID = pydicom.uid.PYDICOM_IMPLEMENTATION_UID
-        ds = FileDataset(None, {}, file_meta=meta, preamble=b"\0" * 128)
+        ds = new_file_dataset(MR_IMAGE_STORAGE)
+        sop_uid = ds.file_meta.MediaStorageSOPInstanceUID
         ds.SpecificCharacterSet = "ISO_IR 100"
         ds.ImageType = ["DERIVED", "SECONDARY", "OTHER"] if synthetic else ["ORIGINAL", "PRIMARY", "OTHER"]
         ds.SOPClassUID = MR_IMAGE_STORAGE

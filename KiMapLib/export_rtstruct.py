@@ -14,12 +14,12 @@ from dataclasses import dataclass
 
 import contourpy
 import numpy as np
-import pydicom
 import SimpleITK as sitk
 from matplotlib.path import Path as PolygonPath
-from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.dataset import Dataset, FileDataset
+from pydicom.uid import generate_uid
 
+from KiMapLib.dicom_io import new_file_dataset
 from KiMapLib.errors import KiMapError
 
 RT_STRUCTURE_SET_STORAGE = "1.2.840.10008.5.1.4.1.1.481.3"
@@ -128,13 +128,8 @@ def build_rtstruct(
                          input_name="reference series")
     first = source_datasets[0]
     now = _dt.datetime.now()
-    sop_uid = generate_uid()
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = RT_STRUCTURE_SET_STORAGE
-    meta.MediaStorageSOPInstanceUID = sop_uid
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    meta.ImplementationClassUID = pydicom.uid.PYDICOM_IMPLEMENTATION_UID
-    ds = FileDataset(None, {}, file_meta=meta, preamble=b"\0" * 128)
+    ds = new_file_dataset(RT_STRUCTURE_SET_STORAGE)
+    sop_uid = ds.file_meta.MediaStorageSOPInstanceUID
     _copy_identity(ds, first)
     ds.SOPClassUID = RT_STRUCTURE_SET_STORAGE
     ds.SOPInstanceUID = sop_uid

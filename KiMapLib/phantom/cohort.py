@@ -235,10 +235,6 @@ def generate_cohort(out_dir: str | Path, n_patients: int, seed: int, *, dicom: b
     if n_patients < 1:
         raise KiMapError(f"need at least one patient, got {n_patients}", input_name="--patients")
     out_dir = Path(out_dir)
-    earlier = (out_dir / "cohort.json").exists()
-    if out_dir.exists() and (not out_dir.is_dir() or (any(out_dir.iterdir()) and not earlier)):
-        raise KiMapError(f"{out_dir} exists and is not an earlier phantom cohort", input_name="--out",
-                         hint="give a new or empty folder")
     ids = patient_ids(n_patients)
     children = np.random.SeedSequence(int(seed)).spawn(n_patients)
     records: list[dict] = []

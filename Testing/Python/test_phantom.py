@@ -149,7 +149,7 @@ def test_cohort_files_are_complete_and_byte_identical_on_rerun(tmp_path):
 
 def test_refuses_a_folder_that_is_not_a_cohort(tmp_path):
     (tmp_path / "keep.txt").write_text("mine")
-    with pytest.raises(KiMapError, match="not an earlier phantom cohort"):
+    with pytest.raises(KiMapError, match="not an earlier KiMap phantom cohort"):
         generate_cohort(tmp_path, 1, seed=0)
     assert (tmp_path / "keep.txt").read_text() == "mine"
     with pytest.raises(KiMapError):

@@ -242,11 +242,11 @@ def _ds(value: float) -> str:
     return format_number_as_ds(float(value))
 
 
-def new_file_dataset(sop_class_uid: str) -> FileDataset:
-    """An empty explicit-little-endian DICOM file dataset with a new SOP Instance UID in its meta header."""
+def new_file_dataset(sop_class_uid: str, sop_instance_uid: str | None = None) -> FileDataset:
+    """An empty explicit-little-endian DICOM file dataset; its meta header holds the (new) SOP Instance UID."""
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = sop_class_uid
-    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.MediaStorageSOPInstanceUID = sop_instance_uid or generate_uid()
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     meta.ImplementationClassUID = pydicom.uid.PYDICOM_IMPLEMENTATION_UID
     return FileDataset(None, {}, file_meta=meta, preamble=b"\0" * 128)
@@ -267,6 +267,7 @@ def write_mr_series(
     age: str | int | None = None,
     synthetic: bool = True,
     study_date: str | None = None,
+    uid_seed: str | None = None,
 ) -> dict:
     """Write a 3D image as a classic MR Image Storage series (one ``IM_####.dcm`` per slice) in ``out_dir``.
 
@@ -274,7 +275,8 @@ def write_mr_series(
     PixelSpacing from the ITK grid). Values are stored as int16, unchanged when they are integers in range,
     otherwise through Rescale Slope/Intercept. With ``synthetic`` (default) the series says so in
     SeriesDescription and ImageComments. Give the same ``study_uid`` and ``frame_of_reference_uid`` to the
-    sequences of one patient. Returns the UIDs and the written files.
+    sequences of one patient. ``uid_seed`` (with ``study_date``) makes every UID and time derived from it, so a
+    synthetic case is byte-identical on rerun. Returns the UIDs and the written files.
     """
     if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
         raise KiMapError("expected a 3D scalar volume", input_name=series_description)
@@ -288,10 +290,10 @@ def write_mr_series(
     origin = np.array(image.GetOrigin(), dtype=float)
     study_uid = study_uid or generate_uid()
     frame_of_reference_uid = frame_of_reference_uid or generate_uid()
-    series_uid = generate_uid()
+    series_uid = generate_uid(entropy_srcs=[uid_seed, "series"] if uid_seed else None)
     now = _dt.datetime.now()
     date = study_date or now.strftime("%Y%m%d")
-    time = now.strftime("%H%M%S")
+    time = "120000" if uid_seed else now.strftime("%H%M%S")
     description = series_description
     if synthetic and "synthetic" not in description.lower():
         description = f"{description} (SYNTHETIC)"
@@ -301,7 +303,7 @@ def write_mr_series(
 
     sop_uids, files = [], []
     for k in range(stored.shape[0]):
-        ds = new_file_dataset(MR_IMAGE_STORAGE)
+        ds = new_file_dataset(MR_IMAGE_STORAGE, generate_uid(entropy_srcs=[uid_seed, str(k)]) if uid_seed else None)
         sop_uid = ds.file_meta.MediaStorageSOPInstanceUID
         ds.SpecificCharacterSet = "ISO_IR 100"
         ds.ImageType = ["DERIVED", "SECONDARY", "OTHER"] if synthetic else ["ORIGINAL", "PRIMARY", "OTHER"]

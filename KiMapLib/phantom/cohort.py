@@ -8,7 +8,6 @@ documented in docs/phantom.md. Nothing here is patient data and nothing has clin
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 import uuid
 from dataclasses import dataclass, field
@@ -196,15 +195,14 @@ def _uid(seed: int, patient_id: str, what: str) -> str:
 def _write_dicom(patient: PhantomPatient, folder: Path, seed: int) -> None:
     from KiMapLib.dicom_io import write_mr_series  # optional dependency (pydicom), imported only here
 
-    accepted = inspect.signature(write_mr_series).parameters
     extra = {"sex": patient.covariates.get("sex"), "age": patient.covariates.get("age"), "study_date": "20000101"}
-    extra = {k: v for k, v in extra.items() if k in accepted}
     for number, sequence in enumerate(SEQUENCES, start=1):
         write_mr_series(
             patient.images[sequence], folder / "dicom" / sequence, patient_id=patient.patient_id,
             patient_name=f"SYNTHETIC^{patient.patient_id}", series_description=f"{sequence} (SYNTHETIC phantom)",
             study_uid=_uid(seed, patient.patient_id, "study"),
-            frame_of_reference_uid=_uid(seed, patient.patient_id, "frame"), series_number=number, **extra,
+            frame_of_reference_uid=_uid(seed, patient.patient_id, "frame"), series_number=number,
+            uid_seed=f"kimap-phantom/{seed}/{patient.patient_id}/{sequence}", **extra,
         )
 
 

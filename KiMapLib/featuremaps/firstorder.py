@@ -1,0 +1,161 @@
+"""First-order features per kernel (pyradiomics ``RadiomicsFirstOrder``), numba."""
+
+from __future__ import annotations
+
+import numba as nb
+import numpy as np
+
+from KiMapLib.featuremaps.kernels import clear, gather
+
+EPS = np.spacing(1)
+
+
+@nb.njit(cache=True, nogil=True)
+def _pairwise(a, n):
+    """numpy's pairwise summation of a[:n] (so flat regions give exactly the same mean as numpy)."""
+    if n < 8:
+        res = 0.0
+        for t in range(n):
+            res += a[t]
+        return res
+    if n <= 128:
+        r0, r1, r2, r3 = a[0], a[1], a[2], a[3]
+        r4, r5, r6, r7 = a[4], a[5], a[6], a[7]
+        t = 8
+        while t < n - (n % 8):
+            r0 += a[t]
+            r1 += a[t + 1]
+            r2 += a[t + 2]
+            r3 += a[t + 3]
+            r4 += a[t + 4]
+            r5 += a[t + 5]
+            r6 += a[t + 6]
+            r7 += a[t + 7]
+            t += 8
+        res = ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
+        while t < n:
+            res += a[t]
+            t += 1
+        return res
+    n2 = n // 2
+    n2 -= n2 % 8
+    return _pairwise(a, n2) + _pairwise(a[n2:], n - n2)
+
+
+@nb.njit(cache=True, nogil=True)
+def _percentile(xs, n, q):
+    """numpy's 'linear' percentile of the sorted xs[:n]."""
+    qq = q / 100.0
+    vi = (n - 1) * qq
+    lo = np.floor(vi)
+    gamma = vi - lo
+    i0 = int(lo)
+    i1 = i0 + 1
+    if i0 < 0:
+        i0 = 0
+    if i1 > n - 1:
+        i1 = n - 1
+    if i0 > n - 1:
+        i0 = n - 1
+    a = xs[i0]
+    b = xs[i1]
+    d = b - a
+    if gamma >= 0.5:
+        return b - d * (1.0 - gamma)
+    return a + d * gamma
+
+
+@nb.njit(cache=True, nogil=True)
+def run(centers, valid, lev, vals, row, shift, offs, flat, box_size, maxlev, vshift, voxel_volume, bounds, out):
+    for blk in range(len(bounds) - 1):
+        box_lev = np.zeros(box_size, np.int32)
+        box_val = np.zeros(box_size, np.float64)
+        cells = np.zeros(offs.shape[0], np.int64)
+        xs = np.zeros(offs.shape[0], np.float64)
+        tmp = np.zeros(offs.shape[0], np.float64)
+        counts = np.zeros(maxlev + 2, np.float64)
+        for c in range(bounds[blk], bounds[blk + 1]):
+            n = gather(c, centers, valid, lev, vals, row, shift, offs, flat, box_lev, box_val, cells)
+            if n == 0:
+                for f in range(out.shape[0]):
+                    out[f, c] = np.nan
+                continue
+            lo = 1 << 30
+            hi = 0
+            for t in range(n):
+                xs[t] = box_val[cells[t]]
+                g = box_lev[cells[t]]
+                counts[g] += 1.0
+                lo = min(lo, g)
+                hi = max(hi, g)
+            # energy / RMS with voxelArrayShift
+            for t in range(n):
+                tmp[t] = (xs[t] + vshift) ** 2
+            energy = _pairwise(tmp, n)
+            # histogram entropy / uniformity
+            ent = 0.0
+            uni = 0.0
+            for g in range(lo, hi + 1):
+                if counts[g] > 0:
+                    p = counts[g] / n
+                    ent -= p * np.log2(p + EPS)
+                    uni += p * p
+                    counts[g] = 0.0
+            mean = _pairwise(xs, n) / n
+            for t in range(n):
+                tmp[t] = np.abs(xs[t] - mean)
+            mad = _pairwise(tmp, n) / n
+            for t in range(n):
+                tmp[t] = (xs[t] - mean) ** 2
+            m2 = _pairwise(tmp, n) / n
+            for t in range(n):
+                tmp[t] = (xs[t] - mean) ** 3
+            m3 = _pairwise(tmp, n) / n
+            for t in range(n):
+                tmp[t] = (xs[t] - mean) ** 4
+            m4 = _pairwise(tmp, n) / n
+            # nanstd(...) ** 2 as pyradiomics: sqrt then square
+            std = np.sqrt(m2)
+            variance = std ** 2
+            if m2 == 0.0:
+                m2 = 1.0
+            skew = m3 / m2 ** 1.5
+            kurt = m4 / m2 ** 2.0
+            srt = np.sort(xs[:n])
+            p10 = _percentile(srt, n, 10.0)
+            p90 = _percentile(srt, n, 90.0)
+            p25 = _percentile(srt, n, 25.0)
+            p75 = _percentile(srt, n, 75.0)
+            median = srt[n // 2] if n % 2 == 1 else (srt[n // 2 - 1] + srt[n // 2]) / 2.0
+            # robust MAD over values within [p10, p90] (kernel order, as numpy's masked nanmean)
+            m = 0
+            for t in range(n):
+                if xs[t] >= p10 and xs[t] <= p90:
+                    tmp[m] = xs[t]
+                    m += 1
+            if m > 0:
+                rmean = _pairwise(tmp, m) / m
+                for t in range(m):
+                    tmp[t] = np.abs(tmp[t] - rmean)
+                rmad = _pairwise(tmp, m) / m
+            else:
+                rmad = np.nan
+            out[0, c] = energy
+            out[1, c] = energy * voxel_volume
+            out[2, c] = ent
+            out[3, c] = srt[0]
+            out[4, c] = p10
+            out[5, c] = p90
+            out[6, c] = srt[n - 1]
+            out[7, c] = mean
+            out[8, c] = median
+            out[9, c] = p75 - p25
+            out[10, c] = srt[n - 1] - srt[0]
+            out[11, c] = mad
+            out[12, c] = rmad
+            out[13, c] = np.sqrt(energy / n)
+            out[14, c] = skew
+            out[15, c] = kurt
+            out[16, c] = variance
+            out[17, c] = uni
+            clear(box_lev, cells, n)

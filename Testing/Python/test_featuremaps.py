@@ -1,0 +1,228 @@
+"""Parity of the voxel-wise feature engine with pyradiomics (cube: voxel-based mode; ball: normal mode per ball)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from KiMapLib.errors import Cancelled, GeometryError, KiMapError
+from KiMapLib.featuremaps import ALL_KEYS, feature_arrays, feature_maps
+
+DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+BRAIN = DATA / "pyradiomics-brain"
+TCGA = DATA / "tcga-du-7294"
+CLASSES = ["firstorder", "glcm", "glrlm", "glszm", "gldm", "ngtdm"]
+
+radiomics = pytest.importorskip("radiomics", reason="pyradiomics (extra 'radiomics') is needed for parity tests")
+from radiomics import featureextractor  # noqa: E402
+
+logging.getLogger("radiomics").setLevel(logging.CRITICAL)
+
+
+def _need(path: Path) -> None:
+    if not path.exists():
+        pytest.skip(f"test data not found: {path}")
+
+
+def _extractor(settings: dict) -> featureextractor.RadiomicsFeatureExtractor:
+    ext = featureextractor.RadiomicsFeatureExtractor(**{k: v for k, v in settings.items() if k != "ballRadius"})
+    ext.disableAllFeatures()
+    for name in CLASSES:
+        ext.enableFeatureClassByName(name)
+    return ext
+
+
+def _image(array: np.ndarray, spacing=(1.0, 1.0, 1.0)) -> sitk.Image:
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing(spacing)
+    return image
+
+
+def _crop(image: sitk.Image, label: sitk.Image, half: int, label_value: int = 1):
+    """A small cube of the volume around the label's centre (image, label) for quick pyradiomics runs."""
+    lab = sitk.GetArrayFromImage(label)
+    centre = np.argwhere(lab == label_value).mean(0).astype(int)
+    box = tuple(slice(max(c - half, 0), c + half) for c in centre)
+    return (_image(sitk.GetArrayFromImage(image)[box], image.GetSpacing()),
+            _image((lab[box] == label_value).astype(np.uint8), image.GetSpacing()))
+
+
+@pytest.fixture(scope="module")
+def brain_crop():
+    _need(BRAIN)
+    image = sitk.ReadImage(str(BRAIN / "brain1_image.nrrd"))
+    label = sitk.ReadImage(str(BRAIN / "brain1_label.nrrd"))
+    return _crop(image, label, 5)
+
+
+@pytest.fixture(scope="module")
+def tcga():
+    _need(TCGA)
+    from KiMapLib.normalization import foreground_mask, zscore
+
+    t1c = sitk.ReadImage(str(TCGA / "t1c.nii.gz"))
+    seg = sitk.GetArrayFromImage(sitk.ReadImage(str(TCGA / "tumor_seg_isen20.nii.gz"))) > 0
+    foreground = foreground_mask(t1c)
+    image = zscore(t1c, foreground, 100.0, "t1c")
+    return image, seg & foreground, foreground
+
+
+def _compare_voxel_based(image, mask, settings):
+    """Engine (cube) against pyradiomics voxel-based on every mask voxel; returns features it could not check."""
+    ref = _extractor(settings).execute(image, mask, voxelBased=True)
+    arrays = feature_arrays(image, mask, settings, kernel="cube")
+    k, j, i = arrays.index_kji.T
+    skipped = []
+    for f, key in enumerate(arrays.keys):
+        ref_image = ref[key]
+        offset = np.array(image.TransformPhysicalPointToIndex(ref_image.GetOrigin()))[::-1]
+        expected = sitk.GetArrayFromImage(ref_image)[k - offset[0], j - offset[1], i - offset[2]]
+        got = arrays.values[f]
+        if key == "original_glcm_MCC" and np.all(expected == 0):
+            skipped.append(key)  # pyradiomics failed (eigvals of a NaN matrix) and left initValue 0 everywhere
+            continue
+        if key == "original_glcm_JointAverage":
+            keep = ~np.isnan(expected)  # pyradiomics: plain mean over angles, NaN if one angle of the kernel is empty
+            expected, got = expected[keep], got[keep]
+        same = np.isclose(got, expected, rtol=1e-6, atol=1e-9) | (np.isnan(got) & np.isnan(expected))
+        assert same.all(), f"{key}: {int((~same).sum())} voxels differ, e.g. {got[~same][:3]} vs {expected[~same][:3]}"
+    return skipped
+
+
+@pytest.mark.parametrize(("radius", "bin_width", "masked"), [(1, 25, True), (2, 20, False)])
+def test_cube_equals_pyradiomics_voxel_based_brain1(brain_crop, radius, bin_width, masked):
+    image, mask = brain_crop
+    settings = {"binWidth": bin_width, "kernelRadius": radius, "maskedKernel": masked}
+    _compare_voxel_based(image, mask, settings)
+
+
+@pytest.mark.parametrize(("radius", "bin_width", "masked"), [(1, 5, True), (3, 25, True), (2, 25, False)])
+def test_cube_equals_pyradiomics_voxel_based_tcga(tcga, radius, bin_width, masked):
+    image, region, _ = tcga
+    crop_image, crop_mask = _crop(image, _image(region.astype(np.uint8)), 4)
+    settings = {"binWidth": bin_width, "kernelRadius": radius, "maskedKernel": masked}
+    _compare_voxel_based(crop_image, crop_mask, settings)
+
+
+def test_cube_other_settings(brain_crop):
+    """distances, asymmetric GLCM, weighting, gldm_a, voxelArrayShift, binCount and normalize follow pyradiomics."""
+    image, mask = brain_crop
+    settings = {"binCount": 16, "kernelRadius": 1, "distances": [1, 2], "symmetricalGLCM": False,
+                "weightingNorm": "manhattan", "gldm_a": 1, "voxelArrayShift": 300, "normalize": True,
+                "normalizeScale": 100}
+    _compare_voxel_based(image, mask, settings)
+
+
+@pytest.mark.parametrize("bin_width", [25.0, 5.0])
+def test_ball_equals_pyradiomics_normal_mode_per_ball(tcga, bin_width):
+    """The ball kernel is KiMap's per-biopsy extraction: pyradiomics on ball ∩ foreground, binned per ball."""
+    from KiMapLib.neighbourhood import ball_mask
+    from KiMapLib.settings import ExtractionSettings
+
+    image, region, foreground = tcga
+    rng = np.random.default_rng(7)
+    points = np.argwhere(region)[rng.choice(int(region.sum()), 6, replace=False)]
+    centres = np.zeros(region.shape, np.uint8)
+    centres[tuple(points.T)] = 1
+    mask = sitk.GetImageFromArray(centres)
+    mask.CopyInformation(image)
+    kernel_mask = sitk.GetImageFromArray(foreground.astype(np.uint8))
+    kernel_mask.CopyInformation(image)
+    settings = ExtractionSettings(bin_width=bin_width).pyradiomics_settings() | {"ballRadius": 5.0}
+    arrays = feature_arrays(image, mask, settings, kernel="ball", kernel_mask=kernel_mask)
+    assert len(arrays.keys) == len(ALL_KEYS) == 93
+    ext = _extractor(settings)
+    for c, kji in enumerate(arrays.index_kji):
+        ref = ext.execute(image, ball_mask(image, kji[::-1].tolist(), 5.0, foreground))
+        for f, key in enumerate(arrays.keys):
+            assert np.isclose(arrays.values[f, c], float(ref[key]), rtol=1e-6, atol=1e-9), (key, kji)
+
+
+def test_maps_full_geometry_nan_outside_and_subset(brain_crop):
+    image, mask = brain_crop
+    image.SetOrigin((10.0, -5.0, 3.0))
+    mask.CopyInformation(image)
+    keys = ["original_glcm_Contrast", "original_firstorder_Mean"]
+    maps = feature_maps(image, mask, {"binWidth": 25, "ballRadius": 2.0}, features=keys, kernel="ball")
+    assert sorted(maps) == sorted(keys)
+    for result in maps.values():
+        assert result.GetSize() == image.GetSize() and result.GetOrigin() == image.GetOrigin()
+        values = sitk.GetArrayFromImage(result)
+        inside = sitk.GetArrayFromImage(mask) == 1
+        assert np.isnan(values[~inside]).all() and np.isfinite(values[inside]).all()
+
+
+def _tiny():
+    rng = np.random.default_rng(0)
+    image = _image(rng.normal(0, 100, (9, 9, 9)).astype(np.float32))
+    mask_array = np.zeros((9, 9, 9), np.uint8)
+    mask_array[3:6, 3:6, 3:6] = 1
+    mask = _image(mask_array)
+    return image, mask
+
+
+def test_bad_input_raises_clear_errors():
+    image, mask = _tiny()
+    with pytest.raises(KiMapError, match="no voxel with label"):
+        feature_arrays(image, _image(np.zeros((9, 9, 9), np.uint8)), {}, kernel="cube")
+    other = _image(sitk.GetArrayFromImage(mask), spacing=(2.0, 1.0, 1.0))
+    with pytest.raises(GeometryError, match="mask"):
+        feature_arrays(image, other, {}, kernel="cube")
+    bad = sitk.GetArrayFromImage(image)
+    bad[4, 4, 4] = np.nan
+    with pytest.raises(KiMapError, match="NaN or Inf"):
+        feature_arrays(_image(bad), mask, {}, kernel="cube")
+    with pytest.raises(KiMapError, match="larger than the image"):
+        feature_arrays(image, mask, {"kernelRadius": 5}, kernel="cube")
+    with pytest.raises(KiMapError, match="larger than the image"):
+        feature_arrays(image, mask, {"ballRadius": 6.0}, kernel="ball")
+    with pytest.raises(KiMapError, match="unsupported setting"):
+        feature_arrays(image, mask, {"binwidth": 25}, kernel="cube")
+    with pytest.raises(KiMapError, match="resampl"):
+        feature_arrays(image, mask, {"resampledPixelSpacing": [1, 1, 1]}, kernel="cube")
+    with pytest.raises(KiMapError, match="binWidth"):
+        feature_arrays(image, mask, {"binWidth": 0}, kernel="cube")
+    with pytest.raises(KiMapError, match="unknown feature"):
+        feature_arrays(image, mask, {}, features=["original_shape_Sphericity"], kernel="cube")
+    with pytest.raises(KiMapError, match="kernel"):
+        feature_arrays(image, mask, {}, kernel="sphere")
+
+
+def test_progress_and_cancel():
+    image, mask = _tiny()
+    seen = []
+    feature_arrays(image, mask, {}, features=["original_ngtdm_Contrast"], kernel="cube",
+                   progress=lambda f, m: seen.append(f))
+    assert seen[-1] == 1.0
+    with pytest.raises(Cancelled):
+        feature_arrays(image, mask, {}, kernel="cube", progress=lambda f, m: False)
+
+
+def test_min_kernel_voxels():
+    image, mask = _tiny()
+    arrays = feature_arrays(image, mask, {}, features=["original_firstorder_Mean"], kernel="cube",
+                            min_kernel_voxels=27)
+    corner_like = np.isnan(arrays.values[0])
+    assert corner_like.sum() == 26  # only the centre of the 3x3x3 mask has a full 27-voxel kernel
+
+
+def test_bench_maps_cli_smoke(tmp_path):
+    from KiMapLib import bench_maps
+
+    rng = np.random.default_rng(3)
+    image = _image(rng.normal(0, 100, (12, 12, 12)).astype(np.float32))
+    mask_array = np.zeros((12, 12, 12), np.uint8)
+    mask_array[3:9, 3:9, 3:9] = 1
+    sitk.WriteImage(image, str(tmp_path / "image.nrrd"))
+    sitk.WriteImage(_image(mask_array), str(tmp_path / "mask.nrrd"))
+    out = tmp_path / "bench.json"
+    code = bench_maps.main(["--image", str(tmp_path / "image.nrrd"), "--mask", str(tmp_path / "mask.nrrd"),
+                            "--kernel-radius", "1", "--reference-voxels", "40", "--repeats", "1", "--json", str(out)])
+    import json
+
+    result = json.loads(out.read_text())
+    assert code == 0 and result["agree"] and result["all_classes"]["engine_voxels_per_s"] > 0

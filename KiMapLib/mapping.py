@@ -64,7 +64,7 @@ def default_region(case: Case) -> tuple[np.ndarray, str]:
 def _engine_features(case: Case, centres: np.ndarray, region: np.ndarray, used: list[str],
                      progress: ProgressCallback | None) -> tuple[np.ndarray, str]:
     """Used features at every centre voxel with the voxel-wise engine (same ball and settings as biopsies)."""
-    from KiMapLib.featuremaps import feature_maps
+    from KiMapLib.featuremaps import feature_arrays
 
     settings = {**case.settings.pyradiomics_settings(), "ballRadius": case.settings.ball_radius_mm}
     full_ball = len(ball_offsets(case.reference.GetSpacing(), case.settings.ball_radius_mm))
@@ -77,12 +77,14 @@ def _engine_features(case: Case, centres: np.ndarray, region: np.ndarray, used: 
         by_sequence[sequence].append(key)
     values = np.full((len(centres), len(used)), np.nan)
     for number, (sequence, keys) in enumerate(by_sequence.items()):
-        maps = feature_maps(case.images[sequence], mask, settings, features=keys, kernel="ball",
-                            progress=scaled(progress, number / len(by_sequence), (number + 1) / len(by_sequence)),
-                            kernel_mask=foreground, min_kernel_voxels=min_voxels, dtype=np.float64)
-        for key in keys:
-            array = sitk.GetArrayViewFromImage(maps[key])
-            values[:, used.index(f"{sequence}_{key}")] = array[centres[:, 0], centres[:, 1], centres[:, 2]]
+        arrays = feature_arrays(case.images[sequence], mask, settings, features=keys, kernel="ball",
+                                progress=scaled(progress, number / len(by_sequence), (number + 1) / len(by_sequence)),
+                                kernel_mask=foreground, min_kernel_voxels=min_voxels)
+        computed = np.ravel_multi_index(tuple(arrays.index_kji.T), region.shape)  # sorted (argwhere order)
+        wanted = np.ravel_multi_index(tuple(centres.T), region.shape)
+        rows = np.searchsorted(computed, wanted)
+        for key, row in zip(arrays.keys, arrays.values, strict=True):
+            values[:, used.index(f"{sequence}_{key}")] = row[rows]
     return values, "voxel-wise engine (KiMapLib.featuremaps, ball kernel) at every region voxel"
 
 

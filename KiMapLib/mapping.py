@@ -24,8 +24,9 @@ from KiMapLib.prediction import check_case_for_model
 from KiMapLib.progress import ProgressCallback, report, scaled
 
 OUTSIDE_VALUE = float("nan")
-#: Automatic region: FLAIR (else T2, else t1c) z-score above this, largest component, closed and dilated.
-AUTO_REGION_Z = 1.5
+#: Automatic region (see :func:`default_region`): robust z-score threshold, smoothing and dilation in mm.
+AUTO_REGION_Z = 2.0
+AUTO_REGION_SMOOTH_MM = 2.0
 AUTO_REGION_DILATE_MM = 3.0
 
 
@@ -41,24 +42,34 @@ class MapResult:
 
 
 def default_region(case: Case) -> tuple[np.ndarray, str]:
-    """The abnormal-signal region when none is given: hyperintense FLAIR (or T2, or enhancing t1c)."""
-    for name in ("flair", "t2", "t1c"):
-        if name in case.images:
-            break
-    z = sitk.GetArrayFromImage(case.images[name]) / case.settings.normalize_scale
-    candidate = sitk.GetImageFromArray(((z > AUTO_REGION_Z) & case.foreground).astype(np.uint8))
-    candidate.CopyInformation(case.reference)
-    candidate = sitk.BinaryMorphologicalOpening(candidate, [1, 1, 1])
-    components = sitk.RelabelComponent(sitk.ConnectedComponent(candidate), sortByObjectSize=True)
+    """The abnormal-signal region when none is given: hyperintense FLAIR (else T2, else enhancing t1c).
+
+    The sequence is smoothed (Gaussian, 2 mm), turned into a robust z-score against the whole foreground
+    (median and MAD, so the lesion does not inflate its own reference), thresholded at
+    :data:`AUTO_REGION_Z`, reduced to its largest connected component, hole-filled (the necrotic core belongs to
+    the tumor) and dilated by :data:`AUTO_REGION_DILATE_MM`.
+    """
+    name = next(n for n in ("flair", "t2", "t1c") if n in case.images)
+    smooth = sitk.GetArrayFromImage(sitk.SmoothingRecursiveGaussian(case.images[name], AUTO_REGION_SMOOTH_MM))
+    inside = smooth[case.foreground]
+    median = np.median(inside)
+    spread = 1.4826 * np.median(np.abs(inside - median))
+    if spread <= 0:
+        raise KiMapError(f"{name} has no contrast for an automatic region", input_name="region",
+                         hint="give the tumor region explicitly (--region LABEL_FILE)")
+    candidate = ((smooth - median) / spread > AUTO_REGION_Z) & case.foreground
+    components = sitk.RelabelComponent(sitk.ConnectedComponent(copy_geometry(candidate.astype(np.uint8),
+                                                                             case.reference)), sortByObjectSize=True)
     largest = sitk.GetArrayFromImage(components) == 1
     if not largest.any():
         raise KiMapError(f"no {name} hyperintensity found for an automatic region", input_name="region",
                          hint="give the tumor region explicitly (--region LABEL_FILE)")
+    filled = sitk.BinaryFillhole(copy_geometry(largest.astype(np.uint8), case.reference))
     radius = [max(1, round(AUTO_REGION_DILATE_MM / s)) for s in case.reference.GetSpacing()]
-    grown = sitk.BinaryDilate(copy_geometry(largest.astype(np.uint8), case.reference), radius)
-    region = sitk.GetArrayFromImage(grown).astype(bool) & case.foreground
-    return region, (f"automatic: largest connected {name} region with z-score > {AUTO_REGION_Z}, "
-                    f"dilated {AUTO_REGION_DILATE_MM:g} mm, within the foreground")
+    region = sitk.GetArrayFromImage(sitk.BinaryDilate(filled, radius)).astype(bool) & case.foreground
+    return region, (f"automatic: largest connected {name} region with robust z-score > {AUTO_REGION_Z:g} "
+                    f"(after {AUTO_REGION_SMOOTH_MM:g} mm smoothing), holes filled, dilated "
+                    f"{AUTO_REGION_DILATE_MM:g} mm, within the foreground")
 
 
 def _engine_features(case: Case, centres: np.ndarray, region: np.ndarray, used: list[str],

@@ -20,6 +20,8 @@ from KiMapLib.progress import ProgressCallback, report
 KERNELS = ("ball", "cube", "region")
 #: Centres per progress step (each step runs on all cores).
 CHUNK = 4096
+#: Blocks per thread in a chunk (taken by the threads as they come free: balances kernels of unequal cost).
+BLOCKS_PER_THREAD = 4
 
 
 @dataclass
@@ -36,8 +38,8 @@ class FeatureArrays:
         shape = self.reference.GetSize()[::-1]
         k, j, i = self.index_kji.T
         result = {}
+        array = np.full(shape, np.nan, dtype=dtype)  # one buffer: only the mask voxels change between features
         for f, name in enumerate(self.keys):
-            array = np.full(shape, np.nan, dtype=dtype)
             array[k, j, i] = self.values[f]
             image = sitk.GetImageFromArray(array)
             image.CopyInformation(self.reference)
@@ -216,15 +218,19 @@ def feature_arrays(image: sitk.Image, mask: sitk.Image, settings: dict | None = 
     common = (centers, valid_u8, lev, vals, row, shift, offs, box.flat)
     glcm_angles = angles(p.distances, bidirectional=False)
     run_angles = angles([1], bidirectional=False)
+    in_box_order = np.argsort(box.flat, kind="stable")  # GLRLM's run scan (order-free counts)
     zone_angles = angles([1], bidirectional=True)
     nbr_angles = angles(p.distances, bidirectional=True)
     calls = {
         "firstorder": (firstorder.run, (centers, valid_u8, lev_fo, vals, row, shift, offs, box.flat, box.size, maxlev,
-                                        p.voxel_shift, float(np.multiply.reduce(image.GetSpacing())))),
+                                        p.voxel_shift, float(np.multiply.reduce(image.GetSpacing())),
+                                        bool(set(wanted.get("firstorder", ())) & firstorder.SORTED),
+                                        bool(set(wanted.get("firstorder", ())) & firstorder.MOMENTS))),
         "glcm": (glcm.run, (*common, box.size, maxlev, box.flat_offsets(glcm_angles),
                             _glcm_weights(glcm_angles, spacing_kji, p.weighting, run_length=False), p.symmetric,
                             ng_global, mdim_global, "MCC" in wanted.get("glcm", ()))),
-        "glrlm": (glrlm.run, (*common, box_shape, pad, maxlev, run_angles, box.flat_offsets(run_angles),
+        "glrlm": (glrlm.run, (centers, valid_u8, lev, vals, row, shift, offs[in_box_order], box.flat[in_box_order],
+                              box_shape, pad, maxlev, run_angles, box.flat_offsets(run_angles),
                               _glcm_weights(run_angles, spacing_kji, p.weighting, run_length=True))),
         "glszm": (glszm.run, (*common, box.size, maxlev, box.flat_offsets(zone_angles))),
         "gldm": (gldm.run, (*common, box.size, maxlev, box.flat_offsets(nbr_angles), p.gldm_a)),
@@ -241,7 +247,7 @@ def feature_arrays(image: sitk.Image, mask: sitk.Image, settings: dict | None = 
             out = np.full((len(FEATURES[cls]), n), np.nan)
             for start in range(0, n, CHUNK):
                 report(progress, step / total_steps, f"{cls} features")
-                edges = blocks(min(CHUNK, n - start), threads) + start
+                edges = blocks(min(CHUNK, n - start), threads * BLOCKS_PER_THREAD) + start
                 jobs = [pool.submit(fn, *args, edges[t:t + 2].copy(), out) for t in range(len(edges) - 1)]
                 for job in jobs:
                     job.result()

@@ -8,6 +8,10 @@ import numpy as np
 from KiMapLib.featuremaps.kernels import clear, gather
 
 EPS = np.spacing(1)
+#: Features needing the sorted kernel values / the central moments (the rest is cheap and always computed).
+SORTED = frozenset({"Minimum", "10Percentile", "90Percentile", "Maximum", "Median", "InterquartileRange", "Range",
+                    "RobustMeanAbsoluteDeviation"})
+MOMENTS = frozenset({"MeanAbsoluteDeviation", "Skewness", "Kurtosis", "Variance"})
 
 
 @nb.njit(cache=True, nogil=True)
@@ -66,13 +70,17 @@ def _percentile(xs, n, q):
 
 
 @nb.njit(cache=True, nogil=True)
-def run(centers, valid, lev, vals, row, shift, offs, flat, box_size, maxlev, vshift, voxel_volume, bounds, out):
+def run(centers, valid, lev, vals, row, shift, offs, flat, box_size, maxlev, vshift, voxel_volume, need_sorted,
+        need_moments, bounds, out):
+    """``need_sorted`` False: skip the order statistics (minimum, percentiles, maximum, median, IQR, range, robust
+    MAD: left NaN); ``need_moments`` False: skip MAD, skewness, kurtosis and variance (left NaN)."""
     for blk in range(len(bounds) - 1):
         box_lev = np.zeros(box_size, np.int32)
         box_val = np.zeros(box_size, np.float64)
         cells = np.zeros(offs.shape[0], np.int64)
         xs = np.zeros(offs.shape[0], np.float64)
         tmp = np.zeros(offs.shape[0], np.float64)
+        srt = np.zeros(offs.shape[0], np.float64)
         counts = np.zeros(maxlev + 2, np.float64)
         for c in range(bounds[blk], bounds[blk + 1]):
             n = gather(c, centers, valid, lev, vals, row, shift, offs, flat, box_lev, box_val, cells)
@@ -102,60 +110,62 @@ def run(centers, valid, lev, vals, row, shift, offs, flat, box_size, maxlev, vsh
                     uni += p * p
                     counts[g] = 0.0
             mean = _pairwise(xs, n) / n
-            for t in range(n):
-                tmp[t] = np.abs(xs[t] - mean)
-            mad = _pairwise(tmp, n) / n
-            for t in range(n):
-                tmp[t] = (xs[t] - mean) ** 2
-            m2 = _pairwise(tmp, n) / n
-            for t in range(n):
-                tmp[t] = (xs[t] - mean) ** 3
-            m3 = _pairwise(tmp, n) / n
-            for t in range(n):
-                tmp[t] = (xs[t] - mean) ** 4
-            m4 = _pairwise(tmp, n) / n
-            # nanstd(...) ** 2 as pyradiomics: sqrt then square
-            std = np.sqrt(m2)
-            variance = std ** 2
-            if m2 == 0.0:
-                m2 = 1.0
-            skew = m3 / m2 ** 1.5
-            kurt = m4 / m2 ** 2.0
-            srt = np.sort(xs[:n])
-            p10 = _percentile(srt, n, 10.0)
-            p90 = _percentile(srt, n, 90.0)
-            p25 = _percentile(srt, n, 25.0)
-            p75 = _percentile(srt, n, 75.0)
-            median = srt[n // 2] if n % 2 == 1 else (srt[n // 2 - 1] + srt[n // 2]) / 2.0
-            # robust MAD over values within [p10, p90] (kernel order, as numpy's masked nanmean)
-            m = 0
-            for t in range(n):
-                if xs[t] >= p10 and xs[t] <= p90:
-                    tmp[m] = xs[t]
-                    m += 1
-            if m > 0:
-                rmean = _pairwise(tmp, m) / m
-                for t in range(m):
-                    tmp[t] = np.abs(tmp[t] - rmean)
-                rmad = _pairwise(tmp, m) / m
-            else:
-                rmad = np.nan
             out[0, c] = energy
             out[1, c] = energy * voxel_volume
             out[2, c] = ent
-            out[3, c] = srt[0]
-            out[4, c] = p10
-            out[5, c] = p90
-            out[6, c] = srt[n - 1]
             out[7, c] = mean
-            out[8, c] = median
-            out[9, c] = p75 - p25
-            out[10, c] = srt[n - 1] - srt[0]
-            out[11, c] = mad
-            out[12, c] = rmad
             out[13, c] = np.sqrt(energy / n)
-            out[14, c] = skew
-            out[15, c] = kurt
-            out[16, c] = variance
             out[17, c] = uni
+            if need_moments:
+                for t in range(n):
+                    tmp[t] = np.abs(xs[t] - mean)
+                mad = _pairwise(tmp, n) / n
+                for t in range(n):
+                    tmp[t] = (xs[t] - mean) ** 2
+                m2 = _pairwise(tmp, n) / n
+                for t in range(n):
+                    tmp[t] = (xs[t] - mean) ** 3
+                m3 = _pairwise(tmp, n) / n
+                for t in range(n):
+                    tmp[t] = (xs[t] - mean) ** 4
+                m4 = _pairwise(tmp, n) / n
+                # nanstd(...) ** 2 as pyradiomics: sqrt then square
+                std = np.sqrt(m2)
+                variance = std ** 2
+                if m2 == 0.0:
+                    m2 = 1.0
+                out[11, c] = mad
+                out[14, c] = m3 / m2 ** 1.5
+                out[15, c] = m4 / m2 ** 2.0
+                out[16, c] = variance
+            if need_sorted:
+                for t in range(n):
+                    srt[t] = xs[t]
+                srt[:n].sort()
+                p10 = _percentile(srt, n, 10.0)
+                p90 = _percentile(srt, n, 90.0)
+                p25 = _percentile(srt, n, 25.0)
+                p75 = _percentile(srt, n, 75.0)
+                median = srt[n // 2] if n % 2 == 1 else (srt[n // 2 - 1] + srt[n // 2]) / 2.0
+                # robust MAD over values within [p10, p90] (kernel order, as numpy's masked nanmean)
+                m = 0
+                for t in range(n):
+                    if xs[t] >= p10 and xs[t] <= p90:
+                        tmp[m] = xs[t]
+                        m += 1
+                if m > 0:
+                    rmean = _pairwise(tmp, m) / m
+                    for t in range(m):
+                        tmp[t] = np.abs(tmp[t] - rmean)
+                    rmad = _pairwise(tmp, m) / m
+                else:
+                    rmad = np.nan
+                out[3, c] = srt[0]
+                out[4, c] = p10
+                out[5, c] = p90
+                out[6, c] = srt[n - 1]
+                out[8, c] = median
+                out[9, c] = p75 - p25
+                out[10, c] = srt[n - 1] - srt[0]
+                out[12, c] = rmad
             clear(box_lev, cells, n)

@@ -16,59 +16,191 @@ from KiMapLib.featuremaps.kernels import clear, gather, present_levels, reset_le
 EPS = np.spacing(1)
 NF = 24
 IMC2_TIE = 0.0
+#: Largest MCC matrix solved by the allocation-free QL (LAPACK's eigvalsh is faster above).
+QL_MAX = 32
 
 
 @nb.njit(cache=True, nogil=True)
-def _mcc(ei, ej, ev, nnz, m, px, py, mdim, ridx, mat, start, fill, order):
-    """sqrt of the 2nd largest eigenvalue of Q, via the similar symmetric matrix D^-1/2 P Dy^-1 P^T D^-1/2."""
-    if mdim < 2:
-        return 1.0
+def _symmetric_eigenvalues(a, n, d, e):
+    """Eigenvalues of the symmetric a[:n, :n] (overwritten) into d[:n]: Householder tridiagonalization and implicit
+    QL (Numerical Recipes' tred2 / tqli, eigenvalues only), without allocation. False if QL did not converge."""
+    for i in range(n - 1, 0, -1):
+        lo = i - 1
+        h = 0.0
+        if lo > 0:
+            scale = 0.0
+            for k in range(lo + 1):
+                scale += abs(a[i, k])
+            if scale == 0.0:
+                e[i] = a[i, lo]
+            else:
+                for k in range(lo + 1):
+                    a[i, k] /= scale
+                    h += a[i, k] * a[i, k]
+                f = a[i, lo]
+                g = -np.sqrt(h) if f >= 0.0 else np.sqrt(h)
+                e[i] = scale * g
+                h -= f * g
+                a[i, lo] = f - g
+                f = 0.0
+                for j in range(lo + 1):
+                    g = 0.0
+                    for k in range(j + 1):
+                        g += a[j, k] * a[i, k]
+                    for k in range(j + 1, lo + 1):
+                        g += a[k, j] * a[i, k]
+                    e[j] = g / h
+                    f += e[j] * a[i, j]
+                hh = f / (h + h)
+                for j in range(lo + 1):
+                    f = a[i, j]
+                    g = e[j] - hh * f
+                    e[j] = g
+                    for k in range(j + 1):
+                        a[j, k] -= f * e[k] + g * a[i, k]
+        else:
+            e[i] = a[i, lo]
+    for i in range(n):
+        d[i] = a[i, i]
+    for i in range(1, n):
+        e[i - 1] = e[i]
+    e[n - 1] = 0.0
+    for lo in range(n):
+        it = 0
+        while True:
+            m = lo
+            while m < n - 1:
+                dd = abs(d[m]) + abs(d[m + 1])
+                if abs(e[m]) <= EPS * dd:
+                    break
+                m += 1
+            if m == lo:
+                break
+            it += 1
+            if it > 60:
+                return False
+            g = (d[lo + 1] - d[lo]) / (2.0 * e[lo])
+            r = np.sqrt(g * g + 1.0) if abs(g) < 1e150 else np.hypot(g, 1.0)
+            g = d[m] - d[lo] + e[lo] / (g + (r if g >= 0.0 else -r))
+            s = 1.0
+            c = 1.0
+            p = 0.0
+            underflow = False
+            i = m - 1
+            while i >= lo:
+                f = s * e[i]
+                b = c * e[i]
+                r = np.sqrt(f * f + g * g)  # hypot (slow) only where squares could over/underflow
+                if r < 1e-150 or r > 1e150:
+                    r = np.hypot(f, g)
+                e[i + 1] = r
+                if r == 0.0:
+                    d[i + 1] -= p
+                    e[m] = 0.0
+                    underflow = True
+                    break
+                s = f / r
+                c = g / r
+                g = d[i + 1] - p
+                r = (d[i] - g) * s + 2.0 * c * b
+                p = s * r
+                d[i + 1] = g + p
+                g = c * r - b
+                i -= 1
+            if underflow:
+                continue
+            d[lo] -= p
+            e[lo] = g
+            e[m] = 0.0
+    return True
+
+
+@nb.njit(cache=True, nogil=True)
+def _mcc_matrix(ei, ej, ev, nnz, m, px, py, symmetric, ridx, mat, start, fill, order):
+    """The symmetric matrix of :func:`_mcc` into mat[:r, :r]; returns r (levels with px > 0)."""
     r = 0
     for i in range(m):
         if px[i] > 0:
             ridx[i] = r
+            fill[r] = i
             r += 1
         else:
             ridx[i] = -1
     for a in range(r):
         for b in range(r):
             mat[a, b] = 0.0
-    # entries sharing a column k contribute P[a,k] P[b,k] / py[k]: bucket the entries by column
-    for k in range(m + 1):
-        start[k] = 0
-    for t in range(nnz):
-        start[ej[t] + 1] += 1
-    for k in range(m):
-        start[k + 1] += start[k]
-    for k in range(m):
-        fill[k] = start[k]
-    for t in range(nnz):
-        k = ej[t]
-        order[fill[k]] = t
-        fill[k] += 1
-    for k in range(m):
-        for x in range(start[k], start[k + 1]):
-            t = order[x]
-            a = ridx[ei[t]]
-            q = ev[t] / py[k]
-            for y in range(start[k], start[k + 1]):
-                u = order[y]
-                mat[a, ridx[ei[u]]] += q * ev[u]
-    for i in range(m):
-        if ridx[i] >= 0:
-            for j in range(m):
-                if ridx[j] >= 0:
-                    mat[ridx[i], ridx[j]] /= np.sqrt(px[i] * px[j])
-    zeros = mdim - r
-    lam = 0.0
-    if r >= 2:
-        w = np.linalg.eigvalsh(mat[:r, :r].copy())
-        lam = w[r - 2]
-    if zeros > 0 and lam < 0.0:
-        lam = 0.0
-    if lam < 0.0:
-        lam = 0.0
-    return np.sqrt(lam)
+    if symmetric:
+        for t in range(nnz):
+            i = ei[t]
+            j = ej[t]
+            mat[ridx[i], ridx[j]] = ev[t] / np.sqrt(px[i] * px[j])
+    else:
+        # entries sharing a column k contribute P[a,k] P[b,k] / py[k]: bucket the entries by column
+        for k in range(m + 1):
+            start[k] = 0
+        for t in range(nnz):
+            start[ej[t] + 1] += 1
+        for k in range(m):
+            start[k + 1] += start[k]
+        for k in range(m):
+            order[k] = start[k]
+        for t in range(nnz):
+            k = ej[t]
+            order[m + order[k]] = t
+            order[k] += 1
+        for k in range(m):
+            for x in range(start[k], start[k + 1]):
+                t = order[m + x]
+                a = ridx[ei[t]]
+                q = ev[t] / py[k]
+                for y in range(start[k], start[k + 1]):
+                    u = order[m + y]
+                    mat[a, ridx[ei[u]]] += q * ev[u]
+        for a in range(r):
+            for b in range(r):
+                mat[a, b] /= np.sqrt(px[fill[a]] * px[fill[b]])
+    return r
+
+
+@nb.njit(cache=True, nogil=True)
+def _mcc(ei, ej, ev, nnz, m, px, py, mdim, symmetric, ridx, mat, start, fill, order, w, work):
+    """sqrt of the 2nd largest eigenvalue of pyradiomics' Q = P Dy^-1 P^T Dx^-1 (in [0, 1]).
+
+    Symmetric P: Q is similar to A^2 with the symmetric A = Dx^-1/2 P Dx^-1/2, so the answer is the 2nd largest
+    |eigenvalue| of A (absent levels add zero eigenvalues). Otherwise Q is similar to the symmetric
+    Dx^-1/2 P Dy^-1 P^T Dx^-1/2, whose 2nd largest eigenvalue is taken."""
+    if mdim < 2:
+        return 1.0
+    r = _mcc_matrix(ei, ej, ev, nnz, m, px, py, symmetric, ridx, mat, start, fill, order)
+    if r > QL_MAX or not _symmetric_eigenvalues(mat, r, w, work):  # large, or QL did not converge: LAPACK
+        if r <= QL_MAX:
+            _mcc_matrix(ei, ej, ev, nnz, m, px, py, symmetric, ridx, mat, start, fill, order)
+        lapack = np.linalg.eigvalsh(mat[:r, :r].copy())
+        for k in range(r):
+            w[k] = lapack[k]
+    first = 0.0 if r < mdim else -np.inf
+    second = first
+    for k in range(r):
+        v = w[k] * w[k] if symmetric else w[k]
+        if v > first:
+            second = first
+            first = v
+        elif v > second:
+            second = v
+    if second < 0.0:
+        second = 0.0
+    return np.sqrt(second)
+
+
+@nb.njit(cache=True, nogil=True)
+def _insertion_sort(a, n):
+    for i in range(1, n):
+        x = a[i]
+        j = i - 1
+        while j >= 0 and a[j] > x:
+            a[j + 1] = a[j]
+            j -= 1
+        a[j + 1] = x
 
 
 @nb.njit(cache=True, nogil=True)
@@ -84,8 +216,10 @@ def _entropy_pairs(px, py, m, su, sv):
         if py[i] > 0:
             sv[nv] = py[i]
             nv += 1
-    a = np.sort(su[:nu])
-    b = np.sort(sv[:nv])
+    _insertion_sort(su, nu)
+    _insertion_sort(sv, nv)
+    a = su
+    b = sv
     h = 0.0
     i = 0
     while i < nu:
@@ -105,15 +239,25 @@ def _entropy_pairs(px, py, m, su, sv):
 
 
 @nb.njit(cache=True, nogil=True)
-def _angle_features(ei, ej, ev, nnz, m, glv, ng, mdim, do_mcc, px, py, psub, padd, su, sv, ridx, mat, start, fill,
-                    order, res):
-    """Features of one normalized matrix given by its non-zero entries (ei, ej, ev) into res."""
+def _angle_features(ei, ej, ev, ec, nnz, total, lt, m, glv, ng, mdim, do_mcc, symmetric, px, py, pxc, pyc, psub,
+                    padd, su, sv, ridx, mat, start, fill, order, res):
+    """Features of one matrix given by its non-zero entries (ei, ej) into res: ``ev`` normalized, ``ec`` raw.
+
+    With integer counts (``lt`` non-empty: lt[k] = log2(k)), every log2(x + eps) of pyradiomics is taken as the
+    table difference log2(count) - log2(total): eps changes an entropy by at most (terms x 3.2e-16), far below the
+    tolerance, and HXY2 = -sum_ij px_i py_j log2(px_i py_j) separates into HX sum(py) + HY sum(px)."""
+    integer = lt.shape[0] > 0
     for i in range(m):
         px[i] = 0.0
         py[i] = 0.0
+        pxc[i] = 0.0
+        pyc[i] = 0.0
     for t in range(nnz):
         px[ei[t]] += ev[t]
         py[ej[t]] += ev[t]
+        pxc[ei[t]] += ec[t]
+        pyc[ej[t]] += ec[t]
+    ltot = np.log2(total) if integer else 0.0
     ux = 0.0
     uy = 0.0
     for i in range(m):
@@ -144,29 +288,52 @@ def _angle_features(ei, ej, ev, nnz, m, glv, ng, mdim, do_mcc, px, py, psub, pad
         sx2 += v * (gi - ux) ** 2
         sy2 += v * (gj - uy) ** 2
         ene += v * v
-        hxy -= v * np.log2(v + EPS)
-        hxy1 -= v * np.log2(px[i] * py[j] + EPS)
+        if integer:
+            hxy -= v * (lt[int(ec[t])] - ltot)
+            hxy1 -= v * (lt[int(pxc[i])] + lt[int(pyc[j])] - 2.0 * ltot)
+            psub[abs(glv[i] - glv[j])] += ec[t]
+            padd[glv[i] + glv[j]] += ec[t]
+        else:
+            hxy -= v * np.log2(v + EPS)
+            hxy1 -= v * np.log2(px[i] * py[j] + EPS)
+            psub[abs(glv[i] - glv[j])] += v
+            padd[glv[i] + glv[j]] += v
         if v > maxp:
             maxp = v
-        psub[abs(glv[i] - glv[j])] += v
-        padd[glv[i] + glv[j]] += v
     hx = 0.0
     hy = 0.0
-    for i in range(m):
-        if px[i] > 0:
-            hx -= px[i] * np.log2(px[i] + EPS)
-        if py[i] > 0:
-            hy -= py[i] * np.log2(py[i] + EPS)
-    hxy2 = _entropy_pairs(px, py, m, su, sv)
+    if integer:
+        sx = 0.0
+        sy = 0.0
+        for i in range(m):
+            if pxc[i] > 0:
+                hx -= px[i] * (lt[int(pxc[i])] - ltot)
+                sx += px[i]
+            if pyc[i] > 0:
+                hy -= py[i] * (lt[int(pyc[i])] - ltot)
+                sy += py[i]
+        hxy2 = hx * sy + hy * sx
+    else:
+        for i in range(m):
+            if px[i] > 0:
+                hx -= px[i] * np.log2(px[i] + EPS)
+            if py[i] > 0:
+                hy -= py[i] * np.log2(py[i] + EPS)
+        hxy2 = _entropy_pairs(px, py, m, su, sv)
     da = de = dv = idm = idmn = idd = idn = iv = 0.0
     ngf = float(ng)
     for k in range(hi - lo + 1):
         v = psub[k]
         if v == 0.0:
             continue
+        if integer:
+            de -= v / total * (lt[int(v)] - ltot)
+            v = v / total
+            psub[k] = v
+        else:
+            de -= v * np.log2(v + EPS)
         kf = float(k)
         da += kf * v
-        de -= v * np.log2(v + EPS)
         idm += v / (1.0 + kf * kf)
         idmn += v / (1.0 + (kf * kf) / (ngf * ngf))
         idd += v / (1.0 + kf)
@@ -181,8 +348,12 @@ def _angle_features(ei, ej, ev, nnz, m, glv, ng, mdim, do_mcc, px, py, psub, pad
     for k in range(2 * lo, 2 * hi + 1):
         v = padd[k]
         if v != 0.0:
+            if integer:
+                se -= v / total * (lt[int(v)] - ltot)
+                v = v / total
+            else:
+                se -= v * np.log2(v + EPS)
             sa += k * v
-            se -= v * np.log2(v + EPS)
     sx = np.sqrt(sx2)
     sy = np.sqrt(sy2)
     corr = 1.0 if sx * sy == 0.0 else corm / (sx * sy + EPS)
@@ -216,7 +387,10 @@ def _angle_features(ei, ej, ev, nnz, m, glv, ng, mdim, do_mcc, px, py, psub, pad
     res[20] = sa
     res[21] = se
     res[22] = sx2
-    res[23] = _mcc(ei, ej, ev, nnz, m, px, py, mdim, ridx, mat, start, fill, order) if do_mcc else np.nan
+    if do_mcc:
+        res[23] = _mcc(ei, ej, ev, nnz, m, px, py, mdim, symmetric, ridx, mat, start, fill, order, su, sv)
+    else:
+        res[23] = np.nan
 
 
 @nb.njit(cache=True, nogil=True)
@@ -227,6 +401,10 @@ def run(centers, valid, lev, vals, row, shift, offs, flat, box_size, maxlev, aof
     neff = 1 if weights.shape[0] > 0 else na
     nmax = min(maxlev, offs.shape[0])
     cap = min(nmax * nmax, offs.shape[0] * na)
+    # log2 table of integer counts (unweighted matrices): a matrix holds at most 2 x kernel size pairs
+    lt = np.zeros(0, np.float64)
+    if weights.shape[0] == 0:
+        lt = np.log2(np.maximum(np.arange(2 * offs.shape[0] + 2), 1).astype(np.float64))
     for blk in range(len(bounds) - 1):
         box_lev = np.zeros(box_size, np.int32)
         box_val = np.zeros(box_size, np.float64)
@@ -241,6 +419,9 @@ def run(centers, valid, lev, vals, row, shift, offs, flat, box_size, maxlev, aof
         ei = np.zeros(2 * cap, np.int64)
         ej = np.zeros(2 * cap, np.int64)
         ev = np.zeros(2 * cap, np.float64)
+        ec = np.zeros(2 * cap, np.float64)
+        pxc = np.zeros(nmax, np.float64)
+        pyc = np.zeros(nmax, np.float64)
         px = np.zeros(nmax, np.float64)
         py = np.zeros(nmax, np.float64)
         su = np.zeros(nmax, np.float64)
@@ -251,7 +432,7 @@ def run(centers, valid, lev, vals, row, shift, offs, flat, box_size, maxlev, aof
         mat = np.zeros((nmax, nmax), np.float64)
         start = np.zeros(nmax + 2, np.int64)
         fill = np.zeros(nmax + 1, np.int64)
-        order = np.zeros(2 * cap, np.int64)
+        order = np.zeros(2 * cap + nmax + 2, np.int64)
         res = np.zeros(NF, np.float64)
         acc = np.zeros(NF, np.float64)
         cnt = np.zeros(NF, np.float64)
@@ -318,9 +499,10 @@ def run(centers, valid, lev, vals, row, shift, offs, flat, box_size, maxlev, aof
                     S[ei[t], ej[t]] = 0.0
                 if total > 0.0:
                     for t in range(nnz):
+                        ec[t] = ev[t]
                         ev[t] /= total
-                    _angle_features(ei, ej, ev, nnz, m, glv, ng, mdim, do_mcc, px, py, psub, padd, su, sv, ridx,
-                                    mat, start, fill, order, res)
+                    _angle_features(ei, ej, ev, ec, nnz, total, lt, m, glv, ng, mdim, do_mcc, symmetric, px, py, pxc,
+                                    pyc, psub, padd, su, sv, ridx, mat, start, fill, order, res)
                     for f in range(NF):
                         if not np.isnan(res[f]):
                             acc[f] += res[f]

@@ -19,7 +19,6 @@ def run(centers, valid, lev, vals, row, shift, offs, flat, box_size, maxlev, aof
     for blk in range(len(bounds) - 1):
         box_lev = np.zeros(box_size, np.int32)
         box_val = np.zeros(box_size, np.float64)
-        seen = np.zeros(box_size, np.uint8)
         cells = np.zeros(nk, np.int64)
         stack = np.zeros(nk, np.int64)
         lmap = np.zeros(maxlev + 2, np.int64)
@@ -37,12 +36,12 @@ def run(centers, valid, lev, vals, row, shift, offs, flat, box_size, maxlev, aof
                 continue
             m = present_levels(box_lev, cells, n, lmap, glv)
             nz = 0
-            for t in range(n):
+            for t in range(n):  # flood fill; a visited voxel's level is negated (so it matches no level >= 1)
                 b0 = cells[t]
-                if seen[b0]:
-                    continue
                 g = box_lev[b0]
-                seen[b0] = 1
+                if g < 0:
+                    continue
+                box_lev[b0] = -g
                 top = 1
                 stack[0] = b0
                 size = 0
@@ -52,15 +51,13 @@ def run(centers, valid, lev, vals, row, shift, offs, flat, box_size, maxlev, aof
                     size += 1
                     for a in range(na):
                         q = b + aoff[a]
-                        if box_lev[q] == g and not seen[q]:
-                            seen[q] = 1
+                        if box_lev[q] == g:
+                            box_lev[q] = -g
                             stack[top] = q
                             top += 1
                 zone_g[nz] = lmap[g]
                 zone_s[nz] = size
                 nz += 1
-            for t in range(n):
-                seen[cells[t]] = 0
             nzf = float(nz)
             sae = lae = lgl = hgl = salg = sahg = lalg = lahg = 0.0
             for z in range(nz):

@@ -41,10 +41,10 @@ def pyradiomics_version() -> str:
     return str(radiomics.__version__)
 
 
-def ball_region(case: Case, center_ijk: Sequence[int]) -> tuple[sitk.Image, sitk.Image, int] | None:
+def ball_region(case: Case, center_ijk: Sequence[int]) -> tuple[sitk.Image, list[int], int]:
     """Crop of the ball's bounding box around ``center_ijk``: (mask image, crop start ijk, voxel count).
 
-    The mask is the ball intersected with the foreground. Returns None when the centre is in background.
+    The mask is the ball intersected with the foreground; the centre must be a foreground voxel.
     """
     spacing = case.reference.GetSpacing()
     offsets = ball_offsets(spacing, case.settings.ball_radius_mm)
@@ -63,7 +63,7 @@ def ball_region(case: Case, center_ijk: Sequence[int]) -> tuple[sitk.Image, sitk
     return mask_image, start_ijk, len(points)
 
 
-def features_at_voxel(case: Case, center_ijk: Sequence[int], extractors: dict | None = None,
+def features_at_voxel(case: Case, center_ijk: Sequence[int], extractor=None,
                       what: str = "point") -> dict[str, float]:
     """All features of every sequence on the ball around one voxel, keyed ``<sequence>_original_<class>_<name>``."""
     settings = case.settings
@@ -77,7 +77,7 @@ def features_at_voxel(case: Case, center_ijk: Sequence[int], extractors: dict | 
         raise BiopsyError(f"only {count} of {full_ball} ball voxels are foreground "
                           f"(< {settings.min_ball_fraction:.0%})", input_name=what,
                           hint="the point is too close to the image or brain edge")
-    extractor = (extractors or {}).get("all") or pyradiomics_extractor(settings)
+    extractor = extractor or pyradiomics_extractor(settings)
     features: dict[str, float] = {}
     for sequence, image in case.images.items():
         crop = sitk.RegionOfInterest(image, mask.GetSize(), start)
@@ -102,7 +102,7 @@ def biopsy_voxel(case: Case, biopsy: Biopsy) -> tuple[int, int, int]:
 def extract_biopsies(case: Case, biopsies: Sequence[Biopsy], progress: ProgressCallback | None = None
                      ) -> tuple[list[dict], list[BiopsyError]]:
     """Cohort-table rows (identity, covariates, ki67, features) for each biopsy; bad ones become errors."""
-    extractors = {"all": pyradiomics_extractor(case.settings)}
+    extractor = pyradiomics_extractor(case.settings)
     rows: list[dict] = []
     errors: list[BiopsyError] = []
     for number, biopsy in enumerate(biopsies):
@@ -110,7 +110,7 @@ def extract_biopsies(case: Case, biopsies: Sequence[Biopsy], progress: ProgressC
         name = f"biopsy {biopsy.patient_id}/{biopsy.biopsy_id}"
         try:
             index = biopsy_voxel(case, biopsy)
-            features = features_at_voxel(case, index, extractors, what=name)
+            features = features_at_voxel(case, index, extractor, what=name)
         except BiopsyError as error:
             errors.append(error)
             continue

@@ -114,7 +114,7 @@ def _reference_features(case: Case, centres: np.ndarray, used: list[str], progre
     for row, sample in enumerate(samples):
         report(progress, row / len(samples), "features (pyradiomics reference)")
         try:
-            features = features_at_voxel(case, centres[sample][::-1], {"all": extractor})
+            features = features_at_voxel(case, centres[sample][::-1], extractor)
         except KiMapError:
             continue
         values[row] = [features[name] for name in used]

@@ -12,7 +12,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from KiMapLib.errors import GeometryError, KiMapError
-from KiMapLib.featuremaps import discretize, firstorder, glcm, gldm, glrlm, glszm, ngtdm, params
+from KiMapLib.featuremaps import discretize, firstorder, params, texture
 from KiMapLib.featuremaps.kernels import angles, blocks, kernel_offsets, make_box
 from KiMapLib.featuremaps.names import FEATURES, key, parse_features
 from KiMapLib.progress import ProgressCallback, report
@@ -99,6 +99,12 @@ def _normalized(image: sitk.Image, p: params.Params) -> sitk.Image:
         clipped.CopyInformation(image)
         image = clipped
     return image * p.normalize_scale
+
+
+def _position(angle_set: np.ndarray, angle: np.ndarray) -> int:
+    """Index of ``angle`` in ``angle_set`` (-1 if absent)."""
+    hits = np.flatnonzero((angle_set == angle).all(axis=1))
+    return int(hits[0]) if len(hits) else -1
 
 
 def _glcm_weights(angle_set: np.ndarray, spacing_kji: np.ndarray, norm: str | None, run_length: bool) -> np.ndarray:
@@ -215,46 +221,53 @@ def feature_arrays(image: sitk.Image, mask: sitk.Image, settings: dict | None = 
     box = make_box(offs, pad)
     box_shape = np.asarray(box.shape, dtype=np.int64)
     threads = max(1, min(os.cpu_count() or 1, nb.config.NUMBA_NUM_THREADS))
-    common = (centers, valid_u8, lev, vals, row, shift, offs, box.flat)
-    glcm_angles = angles(p.distances, bidirectional=False)
-    run_angles = angles([1], bidirectional=False)
-    in_box_order = np.argsort(box.flat, kind="stable")  # GLRLM's run scan (order-free counts)
-    zone_angles = angles([1], bidirectional=True)
-    nbr_angles = angles(p.distances, bidirectional=True)
-    calls = {
-        "firstorder": (firstorder.run, (centers, valid_u8, lev_fo, vals, row, shift, offs, box.flat, box.size, maxlev,
-                                        p.voxel_shift, float(np.multiply.reduce(image.GetSpacing())),
-                                        bool(set(wanted.get("firstorder", ())) & firstorder.SORTED),
-                                        bool(set(wanted.get("firstorder", ())) & firstorder.MOMENTS))),
-        "glcm": (glcm.run, (*common, box.size, maxlev, box.flat_offsets(glcm_angles),
-                            _glcm_weights(glcm_angles, spacing_kji, p.weighting, run_length=False), p.symmetric,
-                            ng_global, mdim_global, "MCC" in wanted.get("glcm", ()))),
-        "glrlm": (glrlm.run, (centers, valid_u8, lev, vals, row, shift, offs[in_box_order], box.flat[in_box_order],
-                              box_shape, pad, maxlev, run_angles, box.flat_offsets(run_angles),
-                              _glcm_weights(run_angles, spacing_kji, p.weighting, run_length=True))),
-        "glszm": (glszm.run, (*common, box.size, maxlev, box.flat_offsets(zone_angles))),
-        "gldm": (gldm.run, (*common, box.size, maxlev, box.flat_offsets(nbr_angles), p.gldm_a)),
-        "ngtdm": (ngtdm.run, (*common, box.size, maxlev, box.flat_offsets(nbr_angles))),
-    }
+    tex = [cls for cls in texture.CLASSES if cls in wanted]
+    groups = {}
+    if "firstorder" in wanted:
+        fo_names = set(wanted["firstorder"])
+        groups["firstorder"] = (firstorder.run, (
+            centers, valid_u8, lev_fo, vals, row, shift, offs, box.flat, box.size, maxlev, p.voxel_shift,
+            float(np.multiply.reduce(image.GetSpacing())), bool(fo_names & firstorder.SORTED),
+            bool(fo_names & firstorder.MOMENTS)), len(FEATURES["firstorder"]))
+    if tex:
+        cm_angles = angles(p.distances, bidirectional=False)
+        run_angles = angles([1], bidirectional=False)
+        scanned = angles(sorted(set(p.distances) | {1}), bidirectional=False)
+        cm_index = np.array([_position(cm_angles, a) for a in scanned], np.int64)
+        run_index = np.array([_position(run_angles, a) for a in scanned], np.int64)
+        in_box_order = np.argsort(box.flat, kind="stable")  # GLRLM's runs scan the kernel in box order
+        groups["texture"] = (texture.run, (
+            centers, valid_u8, lev, row, shift, offs[in_box_order], box.flat[in_box_order], box_shape, pad, maxlev,
+            box.flat_offsets(scanned), cm_index, run_index, run_angles,
+            box.flat_offsets(angles([1], bidirectional=True)),
+            _glcm_weights(cm_angles, spacing_kji, p.weighting, run_length=False),
+            _glcm_weights(run_angles, spacing_kji, p.weighting, run_length=True), p.symmetric, ng_global,
+            mdim_global, "MCC" in wanted.get("glcm", ()), int(p.gldm_a),
+            np.array([cls in wanted for cls in texture.CLASSES], np.bool_)), texture.ROWS)
 
-    keys: list[str] = []
-    parts: list[np.ndarray] = []
-    total_steps = len(wanted) * max(1, -(-n // CHUNK))
+    outputs = {}
+    total_steps = len(groups) * max(1, -(-n // CHUNK))
     step = 0
     with ThreadPoolExecutor(threads) as pool:
-        for cls, names in wanted.items():
-            fn, args = calls[cls]
-            out = np.full((len(FEATURES[cls]), n), np.nan)
+        for group, (fn, args, rows) in groups.items():
+            out = np.full((rows, n), np.nan)
             for start in range(0, n, CHUNK):
-                report(progress, step / total_steps, f"{cls} features")
+                report(progress, step / total_steps, "texture features" if group == "texture" else f"{group} features")
                 edges = blocks(min(CHUNK, n - start), threads * BLOCKS_PER_THREAD) + start
                 jobs = [pool.submit(fn, *args, edges[t:t + 2].copy(), out) for t in range(len(edges) - 1)]
                 for job in jobs:
                     job.result()
                 step += 1
-            rows = [FEATURES[cls].index(f) for f in names]
-            parts.append(out[rows])
-            keys.extend(key(cls, f) for f in names)
+            outputs[group] = out
+    keys: list[str] = []
+    parts: list[np.ndarray] = []
+    for cls, names in wanted.items():
+        if cls == "firstorder":
+            out, base = outputs["firstorder"], 0
+        else:
+            out, base = outputs["texture"], texture.BASE[texture.CLASSES.index(cls)]
+        parts.append(out[[base + FEATURES[cls].index(f) for f in names]])
+        keys.extend(key(cls, f) for f in names)
     report(progress, 1.0, "features done")
     result = np.concatenate(parts, axis=0)
     if min_kernel_voxels > 1:

@@ -11,8 +11,6 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
-from KiMapLib.featuremaps.kernels import clear, gather, present_levels, reset_levels
-
 EPS = np.spacing(1)
 NF = 24
 IMC2_TIE = 0.0
@@ -394,120 +392,77 @@ def _angle_features(ei, ej, ev, ec, nnz, total, lt, m, glv, ng, mdim, do_mcc, sy
 
 
 @nb.njit(cache=True, nogil=True)
-def run(centers, valid, lev, vals, row, shift, offs, flat, box_size, maxlev, aoff, weights, symmetric,
-        ng_global, mdim_global, do_mcc, bounds, out):
-    """``weights`` empty: per-angle matrices; else one weighted sum. ``ng_global``/``mdim_global`` <= 0: per kernel."""
-    na = aoff.shape[0]
-    neff = 1 if weights.shape[0] > 0 else na
-    nmax = min(maxlev, offs.shape[0])
-    cap = min(nmax * nmax, offs.shape[0] * na)
-    # log2 table of integer counts (unweighted matrices): a matrix holds at most 2 x kernel size pairs
-    lt = np.zeros(0, np.float64)
-    if weights.shape[0] == 0:
-        lt = np.log2(np.maximum(np.arange(2 * offs.shape[0] + 2), 1).astype(np.float64))
-    for blk in range(len(bounds) - 1):
-        box_lev = np.zeros(box_size, np.int32)
-        box_val = np.zeros(box_size, np.float64)
-        cells = np.zeros(offs.shape[0], np.int64)
-        lmap = np.zeros(maxlev + 2, np.int64)
-        glv = np.zeros(nmax + 1, np.int64)
-        P = np.zeros((neff, nmax, nmax), np.float64)
-        S = np.zeros((nmax, nmax), np.float64)
-        li = np.zeros((neff, cap), np.int64)
-        lj = np.zeros((neff, cap), np.int64)
-        ln = np.zeros(neff, np.int64)
-        ei = np.zeros(2 * cap, np.int64)
-        ej = np.zeros(2 * cap, np.int64)
-        ev = np.zeros(2 * cap, np.float64)
-        ec = np.zeros(2 * cap, np.float64)
-        pxc = np.zeros(nmax, np.float64)
-        pyc = np.zeros(nmax, np.float64)
-        px = np.zeros(nmax, np.float64)
-        py = np.zeros(nmax, np.float64)
-        su = np.zeros(nmax, np.float64)
-        sv = np.zeros(nmax, np.float64)
-        psub = np.zeros(maxlev + 2, np.float64)
-        padd = np.zeros(2 * maxlev + 3, np.float64)
-        ridx = np.zeros(nmax, np.int64)
-        mat = np.zeros((nmax, nmax), np.float64)
-        start = np.zeros(nmax + 2, np.int64)
-        fill = np.zeros(nmax + 1, np.int64)
-        order = np.zeros(2 * cap + nmax + 2, np.int64)
-        res = np.zeros(NF, np.float64)
-        acc = np.zeros(NF, np.float64)
-        cnt = np.zeros(NF, np.float64)
-        for c in range(bounds[blk], bounds[blk + 1]):
-            n = gather(c, centers, valid, lev, vals, row, shift, offs, flat, box_lev, box_val, cells)
-            if n == 0:
-                for f in range(NF):
-                    out[f, c] = np.nan
-                continue
-            m = present_levels(box_lev, cells, n, lmap, glv)
-            for a in range(na):
-                e = 0 if neff == 1 else a
-                w = weights[a] if neff == 1 else 1.0
-                d = aoff[a]
-                for t in range(n):
-                    b = cells[t]
-                    g2 = box_lev[b + d]
-                    if g2 > 0:
-                        i = lmap[box_lev[b]]
-                        j = lmap[g2]
-                        if P[e, i, j] == 0.0:
-                            li[e, ln[e]] = i
-                            lj[e, ln[e]] = j
-                            ln[e] += 1
-                        P[e, i, j] += w
-            ng = ng_global if ng_global > 0 else glv[m - 1]
-            mdim = mdim_global if mdim_global > 0 else m
-            for f in range(NF):
-                acc[f] = 0.0
-                cnt[f] = 0.0
-            for e in range(neff):
-                nnz = 0
-                total = 0.0
-                for t in range(ln[e]):
-                    i = li[e, t]
-                    j = lj[e, t]
-                    if symmetric:
-                        if S[i, j] == 0.0:
-                            v = P[e, i, j] + P[e, j, i]
-                            S[i, j] = v
-                            ei[nnz] = i
-                            ej[nnz] = j
-                            ev[nnz] = v
-                            nnz += 1
-                            total += v
-                            if i != j and S[j, i] == 0.0:
-                                S[j, i] = v
-                                ei[nnz] = j
-                                ej[nnz] = i
-                                ev[nnz] = v
-                                nnz += 1
-                                total += v
-                    else:
-                        v = P[e, i, j]
-                        ei[nnz] = i
-                        ej[nnz] = j
+def finish(cnt, lst, ln, stride, m, weights, symmetric, F, S, li, lj, ei, ej, ev, ec, lt, glv, ng, mdim, do_mcc,
+           px, py, pxc, pyc, psub, padd, su, sv, ridx, mat, start, fill, order, res, acc, accn, out, base, c):
+    """Features from the per-angle pair counts ``cnt[a, (i + 1) * stride + j + 1]`` of one kernel (compact levels;
+    the non-zero entries listed in ``lst[a, :ln[a]]``), averaged over non-empty angles; the counts are reset here.
+
+    ``weights`` non-empty: the angles are summed with these weights into one matrix (``weightingNorm``)."""
+    ncm = ln.shape[0]
+    neff = 1 if weights.shape[0] > 0 else ncm
+    for f in range(NF):
+        acc[f] = 0.0
+        accn[f] = 0.0
+    for e in range(neff):
+        a_lo = 0 if neff == 1 else e
+        a_hi = ncm if neff == 1 else e + 1
+        nl = 0
+        for a in range(a_lo, a_hi):
+            w = weights[a] if neff == 1 else 1.0
+            for t in range(ln[a]):
+                x = lst[a, t]
+                i = x // stride - 1
+                j = x % stride - 1
+                if F[i, j] == 0.0:
+                    li[nl] = i
+                    lj[nl] = j
+                    nl += 1
+                F[i, j] += w * cnt[a, x]
+                cnt[a, x] = 0
+            ln[a] = 0
+            for i in range(1, m + 1):  # pairs leaving the kernel were counted in column 0
+                cnt[a, i * stride] = 0
+        nnz = 0
+        total = 0.0
+        for t in range(nl):
+            i = li[t]
+            j = lj[t]
+            if symmetric:
+                if S[i, j] == 0.0:
+                    v = F[i, j] + F[j, i]
+                    S[i, j] = v
+                    ei[nnz] = i
+                    ej[nnz] = j
+                    ev[nnz] = v
+                    nnz += 1
+                    total += v
+                    if i != j and S[j, i] == 0.0:
+                        S[j, i] = v
+                        ei[nnz] = j
+                        ej[nnz] = i
                         ev[nnz] = v
                         nnz += 1
                         total += v
-                for t in range(ln[e]):
-                    P[e, li[e, t], lj[e, t]] = 0.0
-                ln[e] = 0
-                for t in range(nnz):
-                    S[ei[t], ej[t]] = 0.0
-                if total > 0.0:
-                    for t in range(nnz):
-                        ec[t] = ev[t]
-                        ev[t] /= total
-                    _angle_features(ei, ej, ev, ec, nnz, total, lt, m, glv, ng, mdim, do_mcc, symmetric, px, py, pxc,
-                                    pyc, psub, padd, su, sv, ridx, mat, start, fill, order, res)
-                    for f in range(NF):
-                        if not np.isnan(res[f]):
-                            acc[f] += res[f]
-                            cnt[f] += 1.0
+            else:
+                v = F[i, j]
+                ei[nnz] = i
+                ej[nnz] = j
+                ev[nnz] = v
+                nnz += 1
+                total += v
+        for t in range(nl):
+            F[li[t], lj[t]] = 0.0
+        for t in range(nnz):
+            S[ei[t], ej[t]] = 0.0
+        if total > 0.0:
+            for t in range(nnz):
+                ec[t] = ev[t]
+                ev[t] /= total
+            _angle_features(ei, ej, ev, ec, nnz, total, lt, m, glv, ng, mdim, do_mcc, symmetric, px, py, pxc, pyc,
+                            psub, padd, su, sv, ridx, mat, start, fill, order, res)
             for f in range(NF):
-                out[f, c] = acc[f] / cnt[f] if cnt[f] > 0 else np.nan
-            reset_levels(lmap, glv, m)
-            clear(box_lev, cells, n)
+                if not np.isnan(res[f]):
+                    acc[f] += res[f]
+                    accn[f] += 1.0
+    for f in range(NF):
+        out[base + f, c] = acc[f] / accn[f] if accn[f] > 0 else np.nan

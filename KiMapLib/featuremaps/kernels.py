@@ -99,6 +99,34 @@ def gather(c, centers, valid, lev, vals, row, shift, offs, flat, box_lev, box_va
 
 
 @nb.njit(cache=True, nogil=True)
+def gather_compact(c, centers, valid, lev, row, shift, offs, flat, box, cells, lmap, glv):
+    """Copy the kernel of centre ``c`` into the box as compact levels 1..m (``glv[:m]``: the sorted present grey
+    levels; ``lmap[level]`` = compact index - 1, reset by the caller); returns (kernel voxels, m)."""
+    ck = centers[c, 0]
+    cj = centers[c, 1]
+    ci = centers[c, 2]
+    nk, nj, ni = valid.shape
+    r = row[c]
+    s = shift[c]
+    n = 0
+    for o in range(offs.shape[0]):
+        k = ck + offs[o, 0]
+        j = cj + offs[o, 1]
+        i = ci + offs[o, 2]
+        if 0 <= k < nk and 0 <= j < nj and 0 <= i < ni and valid[k, j, i]:
+            b = flat[o]
+            box[b] = lev[r, k, j, i] - s
+            cells[n] = b
+            n += 1
+    if n == 0:
+        return 0, 0
+    m = present_levels(box, cells, n, lmap, glv)
+    for t in range(n):
+        box[cells[t]] = lmap[box[cells[t]]] + 1
+    return n, m
+
+
+@nb.njit(cache=True, nogil=True)
 def clear(box_lev, cells, n):
     for t in range(n):
         box_lev[cells[t]] = 0

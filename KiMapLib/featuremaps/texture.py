@@ -1,0 +1,185 @@
+"""One pass per kernel for the five texture classes (GLCM, GLRLM, GLSZM, GLDM, NGTDM), numba.
+
+The kernel is copied once into a zero-padded box of compact grey levels (1..m, 0 outside the kernel). One scan
+visits each kernel voxel v and, for every mono-directional angle d, reads its two neighbours v + d and v - d; from
+those it counts the GLCM pair (v, v + d), extends the GLRLM run through v, and accumulates v's NGTDM neighbourhood
+sum and GLDM dependence, branch-free. GLSZM's zones are a flood fill of the same box. The per-class modules then
+turn the counts into pyradiomics' features.
+"""
+
+from __future__ import annotations
+
+import numba as nb
+import numpy as np
+
+from KiMapLib.featuremaps import glcm, gldm, glrlm, glszm, ngtdm
+from KiMapLib.featuremaps.kernels import gather_compact
+
+#: Classes of this pass and their first row in its output (rows in ``names.FEATURES`` order).
+CLASSES = ("glcm", "glrlm", "glszm", "gldm", "ngtdm")
+SIZES = (glcm.NF, glrlm.NF, glszm.NF, gldm.NF, ngtdm.NF)
+BASE = tuple(int(x) for x in np.cumsum((0, *SIZES))[:-1])
+ROWS = int(sum(SIZES))
+
+
+@nb.njit(cache=True, nogil=True)
+def run(centers, valid, lev, row, shift, offs, flat, box_shape, pad, maxlev, aoff, cm_index, run_index, run_angles,
+        zoff, cm_weights, run_weights, symmetric, ng_global, mdim_global, do_mcc, alpha, want, bounds, out):
+    """Texture features of the centres ``bounds[0]..bounds[-1]`` into ``out[ROWS, centres]``.
+
+    ``aoff``: flat box offsets of the scanned mono-directional angles (all > 0); ``cm_index[a]``: the angle's GLCM
+    matrix (GLCM/GLDM/NGTDM neighbours, -1 if not at one of ``distances``), ``run_index[a]``: its GLRLM matrix (-1 if
+    not a distance-1 angle; ``run_angles`` the (dk, dj, di) of those). ``want``: compute flags per class of
+    ``CLASSES``. ``offs``/``flat`` list the kernel in increasing box order (GLRLM's runs need it)."""
+    na = aoff.shape[0]
+    nk = offs.shape[0]
+    ncm = 0
+    nrun = 0
+    for a in range(na):
+        ncm += cm_index[a] >= 0
+        nrun += run_index[a] >= 0
+    nmax = min(maxlev, nk)
+    stride = nmax + 1
+    box_size = box_shape[0] * box_shape[1] * box_shape[2]
+    maxrun = max(box_shape[0], max(box_shape[1], box_shape[2]))
+    shp = (box_shape[0], box_shape[1], box_shape[2])
+    want_cm, want_run, want_zone, want_dep, want_ngt = want[0], want[1], want[2], want[3], want[4]
+    scan = want_cm or want_run or want_dep or want_ngt
+    neff_cm = 1 if cm_weights.shape[0] > 0 else max(ncm, 1)
+    neff_run = 1 if run_weights.shape[0] > 0 else max(nrun, 1)
+    # log2 tables of integer counts (unweighted matrices): a matrix holds at most 2 x kernel size entries
+    lt_cm = np.zeros(0, np.float64)
+    if cm_weights.shape[0] == 0:
+        lt_cm = np.log2(np.maximum(np.arange(2 * nk + 2), 1).astype(np.float64))
+    lt_run = np.zeros(0, np.float64)
+    if run_weights.shape[0] == 0:
+        lt_run = np.log2(np.maximum(np.arange(nk + 2), 1).astype(np.float64))
+    cap = min(nmax * nmax, nk * (ncm if neff_cm == 1 else 1))
+    rcap = min(nmax * (maxrun + 1), nk * (nrun if neff_run == 1 else 1))
+    for blk in range(len(bounds) - 1):
+        box = np.zeros(box_size, np.int32)
+        cells = np.zeros(nk, np.int64)
+        lmap = np.zeros(maxlev + 2, np.int64)
+        glv = np.zeros(nmax + 1, np.int64)
+        glz = np.zeros(nmax + 2, np.int64)  # level of compact index (0: outside -> 0)
+        # GLCM
+        cnt = np.zeros((max(ncm, 1), stride * stride if want_cm else 1), np.int32)
+        lst = np.zeros((max(ncm, 1), nk + 1 if want_cm else 1), np.int64)
+        ln = np.zeros(max(ncm, 1), np.int64)
+        F = np.zeros((nmax, nmax), np.float64)
+        S = np.zeros((nmax, nmax), np.float64)
+        li = np.zeros(cap, np.int64)
+        lj = np.zeros(cap, np.int64)
+        ei = np.zeros(2 * cap, np.int64)
+        ej = np.zeros(2 * cap, np.int64)
+        ev = np.zeros(2 * cap, np.float64)
+        ec = np.zeros(2 * cap, np.float64)
+        px = np.zeros(nmax, np.float64)
+        py = np.zeros(nmax, np.float64)
+        pxc = np.zeros(nmax, np.float64)
+        pyc = np.zeros(nmax, np.float64)
+        su = np.zeros(nmax, np.float64)
+        sv = np.zeros(nmax, np.float64)
+        psub = np.zeros(maxlev + 2, np.float64)
+        padd = np.zeros(2 * maxlev + 3, np.float64)
+        ridx = np.zeros(nmax, np.int64)
+        mat = np.zeros((nmax, nmax) if do_mcc else (1, 1), np.float64)
+        start = np.zeros(nmax + 2, np.int64)
+        fill = np.zeros(nmax + 1, np.int64)
+        order = np.zeros(2 * cap + nmax + 2, np.int64)
+        # GLRLM
+        runlen = np.zeros((max(nrun, 1), box_size if want_run else 1), np.int32)
+        Pa = np.zeros((max(nrun, 1), nmax * (maxrun + 1) if want_run else 1), np.int32)
+        maxla = np.ones(max(nrun, 1), np.int64)
+        Pr = np.zeros((neff_run, nmax, maxrun + 1) if want_run else (1, 1, 1), np.float64)
+        eg = np.zeros((neff_run, rcap), np.int64)
+        el = np.zeros((neff_run, rcap), np.int64)
+        ne = np.zeros(neff_run, np.int64)
+        pr = np.zeros(maxrun + 1, np.float64)
+        # GLSZM
+        stack = np.zeros(nk, np.int64)
+        zone_g = np.zeros(nk, np.int64)
+        zone_s = np.zeros(nk, np.int64)
+        keys = np.zeros(nk, np.int64)
+        ps = np.zeros(nk + 1, np.float64)
+        # GLDM / NGTDM
+        Pd = np.zeros((nmax, 2 * ncm + 2), np.float64)
+        pd = np.zeros(2 * ncm + 2, np.float64)
+        pg = np.zeros(nmax, np.float64)
+        pgr = np.zeros(nmax, np.float64)
+        ni = np.zeros(nmax, np.float64)
+        si = np.zeros(nmax, np.float64)
+        pi = np.zeros(nmax, np.float64)
+        res = np.zeros(glcm.NF, np.float64)
+        acc = np.zeros(glcm.NF, np.float64)
+        accn = np.zeros(glcm.NF, np.float64)
+        for c in range(bounds[blk], bounds[blk + 1]):
+            n, m = gather_compact(c, centers, valid, lev, row, shift, offs, flat, box, cells, lmap, glv)
+            if n == 0:
+                for f in range(out.shape[0]):
+                    out[f, c] = np.nan
+                continue
+            for g in range(m):
+                glz[g + 1] = glv[g]
+            maxd = 0
+            if scan:
+                for t in range(n):
+                    b = cells[t]
+                    cv = box[b]
+                    gv = glz[cv]
+                    count = 0
+                    total = 0.0
+                    dep = 0
+                    for a in range(na):
+                        d = aoff[a]
+                        cn = box[b + d]
+                        cp = box[b - d]
+                        e = cm_index[a]
+                        if e >= 0:
+                            if want_cm:
+                                x = cv * stride + cn
+                                old = cnt[e, x]
+                                lst[e, ln[e]] = x
+                                ln[e] += (old == 0) & (cn > 0)
+                                cnt[e, x] = old + 1
+                            count += (cn > 0) + (cp > 0)
+                            gn = glz[cn]
+                            gp = glz[cp]
+                            total += gn + gp
+                            dep += ((cn > 0) & (abs(gv - gn) <= alpha)) + ((cp > 0) & (abs(gv - gp) <= alpha))
+                        r = run_index[a]
+                        if want_run and r >= 0:
+                            length = (cp == cv) * runlen[r, b - d] + 1
+                            runlen[r, b] = length
+                            Pa[r, (cv - 1) * (maxrun + 1) + length] += cn != cv
+                            if length > maxla[r]:
+                                maxla[r] = length
+                    if want_ngt:
+                        ni[cv - 1] += 1.0
+                        si[cv - 1] += 0.0 if count == 0 else abs(float(gv) - total / count)
+                    if want_dep:
+                        Pd[cv - 1, dep] += 1.0
+                        pd[dep] += 1.0
+                        pg[cv - 1] += 1.0
+                        if dep > maxd:
+                            maxd = dep
+            if want_cm:
+                ng = ng_global if ng_global > 0 else glv[m - 1]
+                mdim = mdim_global if mdim_global > 0 else m
+                glcm.finish(cnt, lst, ln, stride, m, cm_weights, symmetric, F, S, li, lj, ei, ej, ev, ec, lt_cm, glv,
+                            ng, mdim, do_mcc, px, py, pxc, pyc, psub, padd, su, sv, ridx, mat, start, fill, order,
+                            res, acc, accn, out, BASE[0], c)
+            if want_run:
+                glrlm.finish(box, cells, n, shp, pad, run_angles, Pa, maxrun + 1, maxla, m, run_weights, Pr, eg, el,
+                             ne, glv, pr, pgr, lt_run, res, acc, accn, out, BASE[1], c)
+            if want_dep:
+                gldm.features(Pd, pd, pg, m, maxd, n, glv, out, BASE[3], c)
+            if want_ngt:
+                ngtdm.features(ni, si, pi, m, n, glv, out, BASE[4], c)
+            if want_zone:  # last: the flood fill negates the box
+                nz = glszm.zones(box, cells, n, zoff, stack, zone_g, zone_s)
+                glszm.features(zone_g, zone_s, nz, n, m, glv, pg, ps, keys, out, BASE[2], c)
+            for t in range(m):
+                lmap[glv[t]] = 0
+            for t in range(n):
+                box[cells[t]] = 0

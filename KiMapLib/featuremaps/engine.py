@@ -101,12 +101,6 @@ def _normalized(image: sitk.Image, p: params.Params) -> sitk.Image:
     return image * p.normalize_scale
 
 
-def _position(angle_set: np.ndarray, angle: np.ndarray) -> int:
-    """Index of ``angle`` in ``angle_set`` (-1 if absent)."""
-    hits = np.flatnonzero((angle_set == angle).all(axis=1))
-    return int(hits[0]) if len(hits) else -1
-
-
 def _glcm_weights(angle_set: np.ndarray, spacing_kji: np.ndarray, norm: str | None, run_length: bool) -> np.ndarray:
     if norm is None:
         return np.zeros(0)
@@ -232,33 +226,37 @@ def feature_arrays(image: sitk.Image, mask: sitk.Image, settings: dict | None = 
     if tex:
         cm_angles = angles(p.distances, bidirectional=False)
         run_angles = angles([1], bidirectional=False)
-        scanned = angles(sorted(set(p.distances) | {1}), bidirectional=False)
-        cm_index = np.array([_position(cm_angles, a) for a in scanned], np.int64)
-        run_index = np.array([_position(run_angles, a) for a in scanned], np.int64)
         in_box_order = np.argsort(box.flat, kind="stable")  # GLRLM's runs scan the kernel in box order
         groups["texture"] = (texture.run, (
             centers, valid_u8, lev, row, shift, offs[in_box_order], box.flat[in_box_order], box_shape, pad, maxlev,
-            box.flat_offsets(scanned), cm_index, run_index, run_angles,
+            box.flat_offsets(cm_angles), box.flat_offsets(run_angles), run_angles,
             box.flat_offsets(angles([1], bidirectional=True)),
             _glcm_weights(cm_angles, spacing_kji, p.weighting, run_length=False),
             _glcm_weights(run_angles, spacing_kji, p.weighting, run_length=True), p.symmetric, ng_global,
             mdim_global, "MCC" in wanted.get("glcm", ()), int(p.gldm_a),
             np.array([cls in wanted for cls in texture.CLASSES], np.bool_)), texture.ROWS)
 
-    outputs = {}
-    total_steps = len(groups) * max(1, -(-n // CHUNK))
-    step = 0
+    outputs = {group: np.full((rows, n), np.nan) for group, (_, _, rows) in groups.items()}
+    steps = [(group, start) for group in groups for start in range(0, n, CHUNK)]
     with ThreadPoolExecutor(threads) as pool:
-        for group, (fn, args, rows) in groups.items():
-            out = np.full((rows, n), np.nan)
-            for start in range(0, n, CHUNK):
-                report(progress, step / total_steps, "texture features" if group == "texture" else f"{group} features")
-                edges = blocks(min(CHUNK, n - start), threads * BLOCKS_PER_THREAD) + start
-                jobs = [pool.submit(fn, *args, edges[t:t + 2].copy(), out) for t in range(len(edges) - 1)]
+        # every chunk is queued at once (no barrier between chunks or classes); progress is reported, and a cancel
+        # honoured, as the chunks complete in order
+        pending = []
+        for group, start in steps:
+            fn, args, _ = groups[group]
+            edges = blocks(min(CHUNK, n - start), threads * BLOCKS_PER_THREAD) + start
+            pending.append([pool.submit(fn, *args, edges[t:t + 2].copy(), outputs[group])
+                            for t in range(len(edges) - 1)])
+        try:
+            for step, ((group, _), jobs) in enumerate(zip(steps, pending, strict=True)):
+                report(progress, step / len(steps), "texture features" if group == "texture" else f"{group} features")
                 for job in jobs:
                     job.result()
-                step += 1
-            outputs[group] = out
+        except BaseException:
+            for jobs in pending:
+                for job in jobs:
+                    job.cancel()
+            raise
     keys: list[str] = []
     parts: list[np.ndarray] = []
     for cls, names in wanted.items():

@@ -98,7 +98,8 @@ def run(centers, valid, lev, vals, row, shift, offs, flat, box_size, maxlev, vsh
                 hi = max(hi, g)
             # energy / RMS with voxelArrayShift
             for t in range(n):
-                tmp[t] = (xs[t] + vshift) ** 2
+                x = xs[t] + vshift
+                tmp[t] = x * x
             energy = _pairwise(tmp, n)
             # histogram entropy / uniformity
             ent = 0.0
@@ -121,22 +122,26 @@ def run(centers, valid, lev, vals, row, shift, offs, flat, box_size, maxlev, vsh
                     tmp[t] = np.abs(xs[t] - mean)
                 mad = _pairwise(tmp, n) / n
                 for t in range(n):
-                    tmp[t] = (xs[t] - mean) ** 2
+                    x = xs[t] - mean
+                    tmp[t] = x * x
                 m2 = _pairwise(tmp, n) / n
                 for t in range(n):
-                    tmp[t] = (xs[t] - mean) ** 3
+                    x = xs[t] - mean
+                    tmp[t] = x * x * x
                 m3 = _pairwise(tmp, n) / n
                 for t in range(n):
-                    tmp[t] = (xs[t] - mean) ** 4
+                    x = xs[t] - mean
+                    x2 = x * x
+                    tmp[t] = x2 * x2
                 m4 = _pairwise(tmp, n) / n
                 # nanstd(...) ** 2 as pyradiomics: sqrt then square
                 std = np.sqrt(m2)
-                variance = std ** 2
+                variance = std * std
                 if m2 == 0.0:
                     m2 = 1.0
                 out[11, c] = mad
                 out[14, c] = m3 / m2 ** 1.5
-                out[15, c] = m4 / m2 ** 2.0
+                out[15, c] = m4 / (m2 * m2)
                 out[16, c] = variance
             if need_sorted:
                 for t in range(n):

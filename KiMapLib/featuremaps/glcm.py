@@ -19,9 +19,9 @@ QL_MAX = 32
 
 
 @nb.njit(cache=True, nogil=True)
-def _symmetric_eigenvalues(a, n, d, e):
-    """Eigenvalues of the symmetric a[:n, :n] (overwritten) into d[:n]: Householder tridiagonalization and implicit
-    QL (Numerical Recipes' tred2 / tqli, eigenvalues only), without allocation. False if QL did not converge."""
+def _tridiagonalize(a, n, d, e):
+    """Householder reduction of the symmetric a[:n, :n] (overwritten) to the tridiagonal (d[:n], e[:n-1])
+    (Numerical Recipes' tred2, eigenvalues only), without allocation."""
     for i in range(n - 1, 0, -1):
         lo = i - 1
         h = 0.0
@@ -32,8 +32,9 @@ def _symmetric_eigenvalues(a, n, d, e):
             if scale == 0.0:
                 e[i] = a[i, lo]
             else:
+                inv = 1.0 / scale
                 for k in range(lo + 1):
-                    a[i, k] /= scale
+                    a[i, k] *= inv
                     h += a[i, k] * a[i, k]
                 f = a[i, lo]
                 g = -np.sqrt(h) if f >= 0.0 else np.sqrt(h)
@@ -41,13 +42,14 @@ def _symmetric_eigenvalues(a, n, d, e):
                 h -= f * g
                 a[i, lo] = f - g
                 f = 0.0
+                invh = 1.0 / h
                 for j in range(lo + 1):
                     g = 0.0
                     for k in range(j + 1):
                         g += a[j, k] * a[i, k]
                     for k in range(j + 1, lo + 1):
                         g += a[k, j] * a[i, k]
-                    e[j] = g / h
+                    e[j] = g * invh
                     f += e[j] * a[i, j]
                 hh = f / (h + h)
                 for j in range(lo + 1):
@@ -63,6 +65,12 @@ def _symmetric_eigenvalues(a, n, d, e):
     for i in range(1, n):
         e[i - 1] = e[i]
     e[n - 1] = 0.0
+
+
+@nb.njit(cache=True, nogil=True)
+def _ql(d, e, n):
+    """All eigenvalues of the tridiagonal (d[:n], e[:n-1]) into d by implicit QL (Numerical Recipes' tqli);
+    False if it did not converge."""
     for lo in range(n):
         it = 0
         while True:
@@ -114,13 +122,54 @@ def _symmetric_eigenvalues(a, n, d, e):
 
 
 @nb.njit(cache=True, nogil=True)
-def _mcc_matrix(ei, ej, ev, nnz, m, px, py, symmetric, ridx, mat, start, fill, order):
-    """The symmetric matrix of :func:`_mcc` into mat[:r, :r]; returns r (levels with px > 0)."""
+def _extreme_eigenvalue(d, e, n, largest):
+    """Largest (or smallest) eigenvalue of the symmetric tridiagonal (d[:n], e[:n-1]) by Laguerre's method started
+    at the Gershgorin bound (monotone, cubically convergent for real-rooted polynomials); NaN if not converged."""
+    x = -np.inf if largest else np.inf
+    for i in range(n):
+        radius = (abs(e[i - 1]) if i > 0 else 0.0) + (abs(e[i]) if i < n - 1 else 0.0)
+        x = max(x, d[i] + radius) if largest else min(x, d[i] - radius)
+    nf = float(n)
+    for _ in range(100):
+        # det(T - x I) and its first two derivatives by the three-term recurrence
+        p0, p1 = 1.0, d[0] - x
+        q0, q1 = 0.0, -1.0
+        r0, r1 = 0.0, 0.0
+        for k in range(1, n):
+            t = d[k] - x
+            e2 = e[k - 1] * e[k - 1]
+            p2 = t * p1 - e2 * p0
+            q2 = -p1 + t * q1 - e2 * q0
+            r2 = -2.0 * q1 + t * r1 - e2 * r0
+            p0, p1 = p1, p2
+            q0, q1 = q1, q2
+            r0, r1 = r1, r2
+        if p1 == 0.0:
+            return x
+        g = q1 / p1
+        h = g * g - r1 / p1
+        disc = (nf - 1.0) * (nf * h - g * g)
+        root = np.sqrt(disc) if disc > 0.0 else 0.0
+        den = g + root if g >= 0.0 else g - root
+        if den == 0.0:
+            return np.nan
+        step = nf / den
+        x -= step
+        if abs(step) <= 1e-14 * max(1.0, abs(x)):
+            return x
+    return np.nan
+
+
+@nb.njit(cache=True, nogil=True)
+def _mcc_matrix(ei, ej, ev, nnz, m, px, py, symmetric, ridx, mat, start, fill, order, isq):
+    """The symmetric matrix of :func:`_mcc` into mat[:r, :r]; returns r (levels with px > 0).
+    ``isq[a]`` = 1 / sqrt(px) of row a."""
     r = 0
     for i in range(m):
         if px[i] > 0:
             ridx[i] = r
             fill[r] = i
+            isq[r] = 1.0 / np.sqrt(px[i])
             r += 1
         else:
             ridx[i] = -1
@@ -131,7 +180,9 @@ def _mcc_matrix(ei, ej, ev, nnz, m, px, py, symmetric, ridx, mat, start, fill, o
         for t in range(nnz):
             i = ei[t]
             j = ej[t]
-            mat[ridx[i], ridx[j]] = ev[t] / np.sqrt(px[i] * px[j])
+            a = ridx[i]
+            b = ridx[j]
+            mat[a, b] = ev[t] * isq[a] * isq[b]
     else:
         # entries sharing a column k contribute P[a,k] P[b,k] / py[k]: bucket the entries by column
         for k in range(m + 1):
@@ -156,8 +207,32 @@ def _mcc_matrix(ei, ej, ev, nnz, m, px, py, symmetric, ridx, mat, start, fill, o
                     mat[a, ridx[ei[u]]] += q * ev[u]
         for a in range(r):
             for b in range(r):
-                mat[a, b] /= np.sqrt(px[fill[a]] * px[fill[b]])
+                mat[a, b] *= isq[a] * isq[b]
     return r
+
+
+@nb.njit(cache=True, nogil=True)
+def _count_below(d, e, n, x):
+    """Number of eigenvalues of the tridiagonal (d[:n], e[:n-1]) below x (Sturm count of the LDL^T pivots)."""
+    count = 0
+    q = d[0] - x
+    for k in range(n):
+        if k > 0:
+            q = d[k] - x - e[k - 1] * e[k - 1] / q
+        if q == 0.0:
+            q = -1e-300
+        count += q < 0.0
+    return count
+
+
+@nb.njit(cache=True, nogil=True)
+def _deflate(mat, r, px, fill, u):
+    """Subtract u u^T, u = sqrt(px) (unit: sum px = 1): the known top eigenpair (1, u) of both MCC matrices."""
+    for a in range(r):
+        u[a] = np.sqrt(px[fill[a]])
+    for a in range(r):
+        for b in range(r):
+            mat[a, b] -= u[a] * u[b]
 
 
 @nb.njit(cache=True, nogil=True)
@@ -166,28 +241,32 @@ def _mcc(ei, ej, ev, nnz, m, px, py, mdim, symmetric, ridx, mat, start, fill, or
 
     Symmetric P: Q is similar to A^2 with the symmetric A = Dx^-1/2 P Dx^-1/2, so the answer is the 2nd largest
     |eigenvalue| of A (absent levels add zero eigenvalues). Otherwise Q is similar to the symmetric
-    Dx^-1/2 P Dy^-1 P^T Dx^-1/2, whose 2nd largest eigenvalue is taken."""
+    M = Dx^-1/2 P Dy^-1 P^T Dx^-1/2, whose 2nd largest eigenvalue is taken. Both have the top eigenpair
+    (1, sqrt(px)); after deflating it only the extreme eigenvalues of the rest are needed (Laguerre on the
+    tridiagonal form; QL, then LAPACK, as fallbacks)."""
     if mdim < 2:
         return 1.0
-    r = _mcc_matrix(ei, ej, ev, nnz, m, px, py, symmetric, ridx, mat, start, fill, order)
-    if r > QL_MAX or not _symmetric_eigenvalues(mat, r, w, work):  # large, or QL did not converge: LAPACK
-        if r <= QL_MAX:
-            _mcc_matrix(ei, ej, ev, nnz, m, px, py, symmetric, ridx, mat, start, fill, order)
+    r = _mcc_matrix(ei, ej, ev, nnz, m, px, py, symmetric, ridx, mat, start, fill, order, w)
+    _deflate(mat, r, px, fill, w)
+    top = low = np.nan
+    if r <= QL_MAX:
+        _tridiagonalize(mat, r, w, work)
+        top = _extreme_eigenvalue(w, work, r, True)
+        low = 0.0
+        if symmetric and not np.isnan(top) and _count_below(w, work, r, -abs(top)) > 0:
+            low = _extreme_eigenvalue(w, work, r, False)  # an eigenvalue below -|top| decides
+        if (np.isnan(top) or np.isnan(low)) and _ql(w, work, r):
+            top = w[:r].max()
+            low = w[:r].min()
+    if np.isnan(top) or np.isnan(low):  # large, or not converged: LAPACK
+        _mcc_matrix(ei, ej, ev, nnz, m, px, py, symmetric, ridx, mat, start, fill, order, w)
+        _deflate(mat, r, px, fill, w)
         lapack = np.linalg.eigvalsh(mat[:r, :r].copy())
-        for k in range(r):
-            w[k] = lapack[k]
-    first = 0.0 if r < mdim else -np.inf
-    second = first
-    for k in range(r):
-        v = w[k] * w[k] if symmetric else w[k]
-        if v > first:
-            second = first
-            first = v
-        elif v > second:
-            second = v
-    if second < 0.0:
-        second = 0.0
-    return np.sqrt(second)
+        top = lapack[r - 1]
+        low = lapack[0]
+    if symmetric:
+        return max(abs(top), abs(low))
+    return np.sqrt(max(top, 0.0))
 
 
 @nb.njit(cache=True, nogil=True)
@@ -281,10 +360,13 @@ def _angle_features(ei, ej, ev, ec, nnz, total, lt, m, glv, ng, mdim, do_mcc, sy
         ct += v * d2
         cs += v * d2 * d
         cp += v * d2 * d2
-        con += v * (gi - gj) ** 2
+        dg = gi - gj
+        con += v * dg * dg
         corm += v * (gi - ux) * (gj - uy)
-        sx2 += v * (gi - ux) ** 2
-        sy2 += v * (gj - uy) ** 2
+        dx = gi - ux
+        sx2 += v * dx * dx
+        dy = gj - uy
+        sy2 += v * dy * dy
         ene += v * v
         if integer:
             hxy -= v * (lt[int(ec[t])] - ltot)
@@ -341,7 +423,8 @@ def _angle_features(ei, ej, ev, ec, nnz, total, lt, m, glv, ng, mdim, do_mcc, sy
     for k in range(hi - lo + 1):
         v = psub[k]
         if v != 0.0:
-            dv += v * (k - da) ** 2
+            dk = k - da
+            dv += v * dk * dk
     sa = se = 0.0
     for k in range(2 * lo, 2 * hi + 1):
         v = padd[k]

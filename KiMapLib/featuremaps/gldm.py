@@ -31,7 +31,8 @@ def features(P, pd, pg, m, maxd, n, glv, out, base, c):
     for d in range(maxd + 1):
         v = pd[d]
         if v != 0.0:
-            dv += v / nzf * (d + 1 - uj) ** 2
+            dd = d + 1 - uj
+            dv += v / nzf * dd * dd
         pd[d] = 0.0
     gln = lgl = hgl = ui = 0.0
     for g in range(m):
@@ -43,7 +44,8 @@ def features(P, pd, pg, m, maxd, n, glv, out, base, c):
         ui += v / nzf * gf
     glvar = 0.0
     for g in range(m):
-        glvar += pg[g] / nzf * (glv[g] - ui) ** 2
+        dg = glv[g] - ui
+        glvar += pg[g] / nzf * dg * dg
         pg[g] = 0.0
     ent = sdlg = sdhg = ldlg = ldhg = 0.0
     for g in range(m):

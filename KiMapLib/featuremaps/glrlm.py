@@ -77,13 +77,15 @@ def _features(P, eg, el, ne, m, maxl, glv, pr, pg, lt, res):
         ui += pg[g] / nr * glv[g]
     glvar = 0.0
     for g in range(m):
-        glvar += pg[g] / nr * (glv[g] - ui) ** 2
+        dg = glv[g] - ui
+        glvar += pg[g] / nr * dg * dg
     uj = 0.0
     for ln in range(1, maxl + 1):
         uj += pr[ln] / nr * ln
     rv = 0.0
     for ln in range(1, maxl + 1):
-        rv += pr[ln] / nr * (ln - uj) ** 2
+        dl = ln - uj
+        rv += pr[ln] / nr * dl * dl
     integer = lt.shape[0] > 0
     lnr = np.log2(nr) if integer else 0.0
     ent = srlg = srhg = lrlg = lrhg = 0.0

@@ -67,7 +67,8 @@ def features(zone_g, zone_s, nz, n, m, glv, pg, ps, keys, out, base, c):
         ui += pg[g] / nzf * glv[g]
     glvar = 0.0
     for g in range(m):
-        glvar += pg[g] / nzf * (glv[g] - ui) ** 2
+        dg = glv[g] - ui
+        glvar += pg[g] / nzf * dg * dg
         pg[g] = 0.0
     szn = 0.0
     uj = 0.0
@@ -81,7 +82,8 @@ def features(zone_g, zone_s, nz, n, m, glv, pg, ps, keys, out, base, c):
     for z in range(nz):
         s = zone_s[z]
         if ps[s] < 0:
-            zv += -ps[s] / nzf * (s - uj) ** 2
+            ds = s - uj
+            zv += -ps[s] / nzf * ds * ds
             ps[s] = 0.0
     ks = np.sort(keys[:nz])
     ent = 0.0

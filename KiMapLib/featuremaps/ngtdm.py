@@ -26,7 +26,7 @@ def features(ni, si, pi, m, n, glv, out, base, c):
         gi = float(glv[i])
         for j in range(m):
             gj = float(glv[j])
-            dg2 = (gi - gj) ** 2
+            dg2 = (gi - gj) * (gi - gj)
             con += pi[i] * pi[j] * dg2
             absdiff += abs(gi * pi[i] - gj * pi[j])
             cplx += abs(gi - gj) * (pi[i] * si[i] + pi[j] * si[j]) / (pi[i] + pi[j])

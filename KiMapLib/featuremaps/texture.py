@@ -23,28 +23,24 @@ ROWS = int(sum(SIZES))
 
 
 @nb.njit(cache=True, nogil=True)
-def run(centers, valid, lev, row, shift, offs, flat, box_shape, pad, maxlev, aoff, cm_index, run_index, run_angles,
-        zoff, cm_weights, run_weights, symmetric, ng_global, mdim_global, do_mcc, alpha, want, bounds, out):
+def run(centers, valid, lev, row, shift, offs, flat, box_shape, pad, maxlev, cmoff, runoff, run_angles, zoff,
+        cm_weights, run_weights, symmetric, ng_global, mdim_global, do_mcc, alpha, want, bounds, out):
     """Texture features of the centres ``bounds[0]..bounds[-1]`` into ``out[ROWS, centres]``.
 
-    ``aoff``: flat box offsets of the scanned mono-directional angles (all > 0); ``cm_index[a]``: the angle's GLCM
-    matrix (GLCM/GLDM/NGTDM neighbours, -1 if not at one of ``distances``), ``run_index[a]``: its GLRLM matrix (-1 if
-    not a distance-1 angle; ``run_angles`` the (dk, dj, di) of those). ``want``: compute flags per class of
-    ``CLASSES``. ``offs``/``flat`` list the kernel in increasing box order (GLRLM's runs need it)."""
-    na = aoff.shape[0]
+    ``cmoff``: flat box offsets (all > 0) of the mono-directional angles at ``distances`` (GLCM matrices, GLDM and
+    NGTDM neighbours); ``runoff``: those of the distance-1 angles (GLRLM, whose (dk, dj, di) are ``run_angles``).
+    ``want``: compute flags per class of ``CLASSES``. ``offs``/``flat`` list the kernel in increasing box order
+    (GLRLM's runs need it)."""
     nk = offs.shape[0]
-    ncm = 0
-    nrun = 0
-    for a in range(na):
-        ncm += cm_index[a] >= 0
-        nrun += run_index[a] >= 0
+    ncm = cmoff.shape[0]
+    nrun = runoff.shape[0]
     nmax = min(maxlev, nk)
     stride = nmax + 1
     box_size = box_shape[0] * box_shape[1] * box_shape[2]
     maxrun = max(box_shape[0], max(box_shape[1], box_shape[2]))
     shp = (box_shape[0], box_shape[1], box_shape[2])
     want_cm, want_run, want_zone, want_dep, want_ngt = want[0], want[1], want[2], want[3], want[4]
-    scan = want_cm or want_run or want_dep or want_ngt
+    nbr = want_cm or want_dep or want_ngt
     neff_cm = 1 if cm_weights.shape[0] > 0 else max(ncm, 1)
     neff_run = 1 if run_weights.shape[0] > 0 else max(nrun, 1)
     # log2 tables of integer counts (unweighted matrices): a matrix holds at most 2 x kernel size entries
@@ -107,6 +103,10 @@ def run(centers, valid, lev, row, shift, offs, flat, box_shape, pad, maxlev, aof
         pd = np.zeros(2 * ncm + 2, np.float64)
         pg = np.zeros(nmax, np.float64)
         pgr = np.zeros(nmax, np.float64)
+        cvals = np.zeros(nk, np.int64)
+        ncount = np.zeros(nk, np.int64)
+        ntotal = np.zeros(nk, np.int64)
+        ndep = np.zeros(nk, np.int64)
         ni = np.zeros(nmax, np.float64)
         si = np.zeros(nmax, np.float64)
         pi = np.zeros(nmax, np.float64)
@@ -122,47 +122,64 @@ def run(centers, valid, lev, row, shift, offs, flat, box_shape, pad, maxlev, aof
             for g in range(m):
                 glz[g + 1] = glv[g]
             maxd = 0
-            if scan:
-                for t in range(n):
-                    b = cells[t]
-                    cv = box[b]
-                    gv = glz[cv]
-                    count = 0
-                    total = 0.0
-                    dep = 0
-                    for a in range(na):
-                        d = aoff[a]
+            for t in range(n):
+                cv = box[cells[t]]
+                cvals[t] = cv
+                ncount[t] = 0
+                ntotal[t] = 0
+                ndep[t] = 0
+            if nbr:  # angle-major: per-angle constants stay in registers, voxel sums are independent updates
+                for q in range(ncm):
+                    d = cmoff[q]
+                    cnt_q = cnt[q]
+                    lst_q = lst[q]
+                    nl = 0
+                    for t in range(n):
+                        b = cells[t]
+                        cv = cvals[t]
                         cn = box[b + d]
                         cp = box[b - d]
-                        e = cm_index[a]
-                        if e >= 0:
-                            if want_cm:
-                                x = cv * stride + cn
-                                old = cnt[e, x]
-                                lst[e, ln[e]] = x
-                                ln[e] += (old == 0) & (cn > 0)
-                                cnt[e, x] = old + 1
-                            count += (cn > 0) + (cp > 0)
-                            gn = glz[cn]
-                            gp = glz[cp]
-                            total += gn + gp
-                            dep += ((cn > 0) & (abs(gv - gn) <= alpha)) + ((cp > 0) & (abs(gv - gp) <= alpha))
-                        r = run_index[a]
-                        if want_run and r >= 0:
-                            length = (cp == cv) * runlen[r, b - d] + 1
-                            runlen[r, b] = length
-                            Pa[r, (cv - 1) * (maxrun + 1) + length] += cn != cv
-                            if length > maxla[r]:
-                                maxla[r] = length
-                    if want_ngt:
-                        ni[cv - 1] += 1.0
-                        si[cv - 1] += 0.0 if count == 0 else abs(float(gv) - total / count)
-                    if want_dep:
-                        Pd[cv - 1, dep] += 1.0
-                        pd[dep] += 1.0
-                        pg[cv - 1] += 1.0
-                        if dep > maxd:
-                            maxd = dep
+                        if want_cm:
+                            x = cv * stride + cn
+                            old = cnt_q[x]
+                            lst_q[nl] = x
+                            nl += (old == 0) & (cn > 0)
+                            cnt_q[x] = old + 1
+                        gv = glz[cv]
+                        gn = glz[cn]
+                        gp = glz[cp]
+                        ncount[t] += (cn > 0) + (cp > 0)
+                        ntotal[t] += gn + gp
+                        ndep[t] += ((cn > 0) & (abs(gv - gn) <= alpha)) + ((cp > 0) & (abs(gv - gp) <= alpha))
+                    ln[q] = nl
+            if want_run:
+                stride_run = maxrun + 1
+                for q in range(nrun):
+                    d = runoff[q]
+                    runlen_q = runlen[q]
+                    pa_q = Pa[q]
+                    top = 1
+                    for t in range(n):
+                        b = cells[t]
+                        cv = cvals[t]
+                        length = (box[b - d] == cv) * runlen_q[b - d] + 1
+                        runlen_q[b] = length
+                        pa_q[(cv - 1) * stride_run + length] += box[b + d] != cv
+                        top = max(top, length)
+                    maxla[q] = top
+            if want_ngt:
+                for t in range(n):
+                    cv = cvals[t]
+                    ni[cv - 1] += 1.0
+                    si[cv - 1] += 0.0 if ncount[t] == 0 else abs(float(glz[cv]) - ntotal[t] / ncount[t])
+            if want_dep:
+                for t in range(n):
+                    cv = cvals[t]
+                    dep = ndep[t]
+                    Pd[cv - 1, dep] += 1.0
+                    pd[dep] += 1.0
+                    pg[cv - 1] += 1.0
+                    maxd = max(maxd, dep)
             if want_cm:
                 ng = ng_global if ng_global > 0 else glv[m - 1]
                 mdim = mdim_global if mdim_global > 0 else m

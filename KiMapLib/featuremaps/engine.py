@@ -229,7 +229,8 @@ def feature_arrays(image: sitk.Image, mask: sitk.Image, settings: dict | None = 
         in_box_order = np.argsort(box.flat, kind="stable")  # GLRLM's runs scan the kernel in box order
         groups["texture"] = (texture.run, (
             centers, valid_u8, lev, row, shift, offs[in_box_order], box.flat[in_box_order], box_shape, pad, maxlev,
-            box.flat_offsets(cm_angles), box.flat_offsets(run_angles), run_angles,
+            box.flat_offsets(cm_angles), box.flat_offsets(angles(p.distances, bidirectional=True)),
+            box.flat_offsets(run_angles), run_angles,
             box.flat_offsets(angles([1], bidirectional=True)),
             _glcm_weights(cm_angles, spacing_kji, p.weighting, run_length=False),
             _glcm_weights(run_angles, spacing_kji, p.weighting, run_length=True), p.symmetric, ng_global,

@@ -23,12 +23,13 @@ ROWS = int(sum(SIZES))
 
 
 @nb.njit(cache=True, nogil=True)
-def run(centers, valid, lev, row, shift, offs, flat, box_shape, pad, maxlev, cmoff, runoff, run_angles, zoff,
+def run(centers, valid, lev, row, shift, offs, flat, box_shape, pad, maxlev, cmoff, nboff, runoff, run_angles, zoff,
         cm_weights, run_weights, symmetric, ng_global, mdim_global, do_mcc, alpha, want, bounds, out):
     """Texture features of the centres ``bounds[0]..bounds[-1]`` into ``out[ROWS, centres]``.
 
-    ``cmoff``: flat box offsets (all > 0) of the mono-directional angles at ``distances`` (GLCM matrices, GLDM and
-    NGTDM neighbours); ``runoff``: those of the distance-1 angles (GLRLM, whose (dk, dj, di) are ``run_angles``).
+    ``cmoff``: flat box offsets (all > 0) of the mono-directional angles at ``distances`` (GLCM matrices);
+    ``nboff``: the same both ways (GLDM and NGTDM neighbours); ``runoff``: those of the distance-1 angles (GLRLM,
+    whose (dk, dj, di) are ``run_angles``).
     ``want``: compute flags per class of ``CLASSES``. ``offs``/``flat`` list the kernel in increasing box order
     (GLRLM's runs need it)."""
     nk = offs.shape[0]
@@ -40,7 +41,6 @@ def run(centers, valid, lev, row, shift, offs, flat, box_shape, pad, maxlev, cmo
     maxrun = max(box_shape[0], max(box_shape[1], box_shape[2]))
     shp = (box_shape[0], box_shape[1], box_shape[2])
     want_cm, want_run, want_zone, want_dep, want_ngt = want[0], want[1], want[2], want[3], want[4]
-    nbr = want_cm or want_dep or want_ngt
     neff_cm = 1 if cm_weights.shape[0] > 0 else max(ncm, 1)
     neff_run = 1 if run_weights.shape[0] > 0 else max(nrun, 1)
     # log2 tables of integer counts (unweighted matrices): a matrix holds at most 2 x kernel size entries
@@ -123,35 +123,37 @@ def run(centers, valid, lev, row, shift, offs, flat, box_shape, pad, maxlev, cmo
                 glz[g + 1] = glv[g]
             maxd = 0
             for t in range(n):
-                cv = box[cells[t]]
-                cvals[t] = cv
-                ncount[t] = 0
-                ntotal[t] = 0
-                ndep[t] = 0
-            if nbr:  # angle-major: per-angle constants stay in registers, voxel sums are independent updates
+                cvals[t] = box[cells[t]]
+            if want_cm:  # angle-major: per-angle constants stay in registers
                 for q in range(ncm):
                     d = cmoff[q]
                     cnt_q = cnt[q]
                     lst_q = lst[q]
                     nl = 0
                     for t in range(n):
-                        b = cells[t]
-                        cv = cvals[t]
-                        cn = box[b + d]
-                        cp = box[b - d]
-                        if want_cm:
-                            x = cv * stride + cn
-                            old = cnt_q[x]
-                            lst_q[nl] = x
-                            nl += (old == 0) & (cn > 0)
-                            cnt_q[x] = old + 1
-                        gv = glz[cv]
-                        gn = glz[cn]
-                        gp = glz[cp]
-                        ncount[t] += (cn > 0) + (cp > 0)
-                        ntotal[t] += gn + gp
-                        ndep[t] += ((cn > 0) & (abs(gv - gn) <= alpha)) + ((cp > 0) & (abs(gv - gp) <= alpha))
+                        cn = box[cells[t] + d]
+                        x = cvals[t] * stride + cn
+                        old = cnt_q[x]
+                        lst_q[nl] = x
+                        nl += (old == 0) & (cn > 0)
+                        cnt_q[x] = old + 1
                     ln[q] = nl
+            if want_dep or want_ngt:  # voxel-major: the neighbourhood sums stay in registers
+                for t in range(n):
+                    b = cells[t]
+                    gv = glz[cvals[t]]
+                    count = 0
+                    total = 0
+                    dep = 0
+                    for q in range(nboff.shape[0]):
+                        g2 = glz[box[b + nboff[q]]]
+                        inside = g2 > 0
+                        count += inside
+                        total += g2
+                        dep += inside & (abs(gv - g2) <= alpha)
+                    ncount[t] = count
+                    ntotal[t] = total
+                    ndep[t] = dep
             if want_run:
                 stride_run = maxrun + 1
                 for q in range(nrun):

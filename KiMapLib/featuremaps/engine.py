@@ -181,7 +181,8 @@ def feature_arrays(image: sitk.Image, mask: sitk.Image, settings: dict | None = 
     count = np.zeros(n, np.int64)
     minimum = np.zeros(n, np.float64)
     valid_u8 = valid.astype(np.uint8)
-    _kernel_stats(centers, valid_u8, vals, offs, count, minimum)
+    if kernel == "ball" or min_kernel_voxels > 1:  # per-ball minima (discretization) / kernel sizes
+        _kernel_stats(centers, valid_u8, vals, offs, count, minimum)
 
     # discretization
     ng_global = mdim_global = 0

@@ -70,6 +70,51 @@ def _percentile(xs, n, q):
 
 
 @nb.njit(cache=True, nogil=True)
+def _sort_level_of(k, srt, lo, hi, counts, pos, done):
+    """Sort the level whose values hold rank ``k`` (once)."""
+    for g in range(lo, hi + 1):
+        if k < pos[g] + counts[g]:
+            if not done[g]:  # insertion sort of the level's values
+                a = pos[g]
+                for i in range(a + 1, a + int(counts[g])):
+                    x = srt[i]
+                    j = i - 1
+                    while j >= a and srt[j] > x:
+                        srt[j + 1] = srt[j]
+                        j -= 1
+                    srt[j + 1] = x
+                done[g] = 1
+            return
+
+
+@nb.njit(cache=True, nogil=True)
+def _rank_sort(xs, box_lev, cells, n, lo, hi, counts, pos, done, srt):
+    """Values in ``srt[:n]`` ordered wherever the order statistics look (min, max, median, 10/25/75/90th
+    percentile): a counting sort by grey level (binning is monotone in value, so level g holds the ranks
+    pos[g] .. pos[g] + counts[g] - 1), then a sort of only the levels holding those ranks."""
+    acc = 0
+    for g in range(lo, hi + 1):
+        pos[g] = acc
+        acc += int(counts[g])
+    for t in range(n):
+        g = box_lev[cells[t]]
+        srt[pos[g] + done[g]] = xs[t]
+        done[g] += 1
+    for g in range(lo, hi + 1):
+        done[g] = 0
+    _sort_level_of(0, srt, lo, hi, counts, pos, done)
+    _sort_level_of(n - 1, srt, lo, hi, counts, pos, done)
+    _sort_level_of(n // 2, srt, lo, hi, counts, pos, done)
+    _sort_level_of(max(n // 2 - 1, 0), srt, lo, hi, counts, pos, done)
+    for q in (10.0, 25.0, 75.0, 90.0):
+        i0 = int(np.floor((n - 1) * (q / 100.0)))
+        _sort_level_of(min(max(i0, 0), n - 1), srt, lo, hi, counts, pos, done)
+        _sort_level_of(min(max(i0 + 1, 0), n - 1), srt, lo, hi, counts, pos, done)
+    for g in range(lo, hi + 1):
+        done[g] = 0
+
+
+@nb.njit(cache=True, nogil=True)
 def run(centers, valid, lev, vals, row, shift, offs, flat, box_size, maxlev, vshift, voxel_volume, need_sorted,
         need_moments, bounds, out):
     """``need_sorted`` False: skip the order statistics (minimum, percentiles, maximum, median, IQR, range, robust
@@ -82,6 +127,8 @@ def run(centers, valid, lev, vals, row, shift, offs, flat, box_size, maxlev, vsh
         tmp = np.zeros(offs.shape[0], np.float64)
         srt = np.zeros(offs.shape[0], np.float64)
         counts = np.zeros(maxlev + 2, np.float64)
+        pos = np.zeros(maxlev + 2, np.int64)
+        done = np.zeros(maxlev + 2, np.int64)
         for c in range(bounds[blk], bounds[blk + 1]):
             n = gather(c, centers, valid, lev, vals, row, shift, offs, flat, box_lev, box_val, cells)
             if n == 0:
@@ -109,7 +156,6 @@ def run(centers, valid, lev, vals, row, shift, offs, flat, box_size, maxlev, vsh
                     p = counts[g] / n
                     ent -= p * np.log2(p + EPS)
                     uni += p * p
-                    counts[g] = 0.0
             mean = _pairwise(xs, n) / n
             out[0, c] = energy
             out[1, c] = energy * voxel_volume
@@ -144,9 +190,7 @@ def run(centers, valid, lev, vals, row, shift, offs, flat, box_size, maxlev, vsh
                 out[15, c] = m4 / (m2 * m2)
                 out[16, c] = variance
             if need_sorted:
-                for t in range(n):
-                    srt[t] = xs[t]
-                srt[:n].sort()
+                _rank_sort(xs, box_lev, cells, n, lo, hi, counts, pos, done, srt)
                 p10 = _percentile(srt, n, 10.0)
                 p90 = _percentile(srt, n, 90.0)
                 p25 = _percentile(srt, n, 25.0)
@@ -173,4 +217,6 @@ def run(centers, valid, lev, vals, row, shift, offs, flat, box_size, maxlev, vsh
                 out[9, c] = p75 - p25
                 out[10, c] = srt[n - 1] - srt[0]
                 out[12, c] = rmad
+            for g in range(lo, hi + 1):
+                counts[g] = 0.0
             clear(box_lev, cells, n)

@@ -121,7 +121,6 @@ def run(centers, valid, lev, vals, row, shift, offs, flat, box_size, maxlev, vsh
     MAD: left NaN); ``need_moments`` False: skip MAD, skewness, kurtosis and variance (left NaN)."""
     for blk in range(len(bounds) - 1):
         box_lev = np.zeros(box_size, np.int32)
-        box_val = np.zeros(box_size, np.float64)
         cells = np.zeros(offs.shape[0], np.int64)
         xs = np.zeros(offs.shape[0], np.float64)
         tmp = np.zeros(offs.shape[0], np.float64)
@@ -130,7 +129,7 @@ def run(centers, valid, lev, vals, row, shift, offs, flat, box_size, maxlev, vsh
         pos = np.zeros(maxlev + 2, np.int64)
         done = np.zeros(maxlev + 2, np.int64)
         for c in range(bounds[blk], bounds[blk + 1]):
-            n = gather(c, centers, valid, lev, vals, row, shift, offs, flat, box_lev, box_val, cells)
+            n = gather(c, centers, valid, lev, vals, row, shift, offs, flat, box_lev, xs, cells)
             if n == 0:
                 for f in range(out.shape[0]):
                     out[f, c] = np.nan
@@ -138,7 +137,6 @@ def run(centers, valid, lev, vals, row, shift, offs, flat, box_size, maxlev, vsh
             lo = 1 << 30
             hi = 0
             for t in range(n):
-                xs[t] = box_val[cells[t]]
                 g = box_lev[cells[t]]
                 counts[g] += 1.0
                 lo = min(lo, g)

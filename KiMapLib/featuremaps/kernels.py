@@ -76,14 +76,16 @@ def kernel_offsets(kernel: str, spacing: Sequence[float], kernel_radius: int, ba
 
 
 @nb.njit(cache=True, nogil=True)
-def gather(c, centers, valid, lev, vals, row, shift, offs, flat, box_lev, box_val, cells):
-    """Copy the kernel of centre ``c`` into the box; return the number of kernel voxels (listed in ``cells``)."""
+def gather(c, centers, valid, lev, vals, row, shift, offs, flat, box_lev, xs, cells):
+    """Copy the kernel of centre ``c`` into the box (grey levels; raw intensities into ``xs`` in kernel order unless
+    ``xs`` is empty); return the number of kernel voxels (listed in ``cells``)."""
     ck = centers[c, 0]
     cj = centers[c, 1]
     ci = centers[c, 2]
     nk, nj, ni = valid.shape
     r = row[c]
     s = shift[c]
+    values = xs.shape[0] > 0
     n = 0
     for o in range(offs.shape[0]):
         k = ck + offs[o, 0]
@@ -92,32 +94,19 @@ def gather(c, centers, valid, lev, vals, row, shift, offs, flat, box_lev, box_va
         if 0 <= k < nk and 0 <= j < nj and 0 <= i < ni and valid[k, j, i]:
             b = flat[o]
             box_lev[b] = lev[r, k, j, i] - s
-            box_val[b] = vals[k, j, i]
+            if values:
+                xs[n] = vals[k, j, i]
             cells[n] = b
             n += 1
     return n
 
 
 @nb.njit(cache=True, nogil=True)
-def gather_compact(c, centers, valid, lev, row, shift, offs, flat, box, cells, lmap, glv):
+def gather_compact(c, centers, valid, lev, row, shift, offs, flat, box, cells, lmap, glv, no_vals, no_xs):
     """Copy the kernel of centre ``c`` into the box as compact levels 1..m (``glv[:m]``: the sorted present grey
-    levels; ``lmap[level]`` = compact index - 1, reset by the caller); returns (kernel voxels, m)."""
-    ck = centers[c, 0]
-    cj = centers[c, 1]
-    ci = centers[c, 2]
-    nk, nj, ni = valid.shape
-    r = row[c]
-    s = shift[c]
-    n = 0
-    for o in range(offs.shape[0]):
-        k = ck + offs[o, 0]
-        j = cj + offs[o, 1]
-        i = ci + offs[o, 2]
-        if 0 <= k < nk and 0 <= j < nj and 0 <= i < ni and valid[k, j, i]:
-            b = flat[o]
-            box[b] = lev[r, k, j, i] - s
-            cells[n] = b
-            n += 1
+    levels; ``lmap[level]`` = compact index - 1, reset by the caller); returns (kernel voxels, m).
+    ``no_vals``/``no_xs``: placeholders (any float64 3D array / an empty array): intensities are not copied."""
+    n = gather(c, centers, valid, lev, no_vals, row, shift, offs, flat, box, no_xs, cells)
     if n == 0:
         return 0, 0
     m = present_levels(box, cells, n, lmap, glv)

@@ -54,6 +54,8 @@ def run(centers, valid, lev, row, shift, offs, flat, box_shape, pad, maxlev, cmo
     rcap = min(nmax * (maxrun + 1), nk * (nrun if neff_run == 1 else 1))
     for blk in range(len(bounds) - 1):
         box = np.zeros(box_size, np.int32)
+        no_vals = np.zeros((1, 1, 1), np.float64)
+        no_xs = np.zeros(0, np.float64)
         cells = np.zeros(nk, np.int64)
         lmap = np.zeros(maxlev + 2, np.int64)
         glv = np.zeros(nmax + 1, np.int64)
@@ -114,7 +116,8 @@ def run(centers, valid, lev, row, shift, offs, flat, box_shape, pad, maxlev, cmo
         acc = np.zeros(glcm.NF, np.float64)
         accn = np.zeros(glcm.NF, np.float64)
         for c in range(bounds[blk], bounds[blk + 1]):
-            n, m = gather_compact(c, centers, valid, lev, row, shift, offs, flat, box, cells, lmap, glv)
+            n, m = gather_compact(c, centers, valid, lev, row, shift, offs, flat, box, cells, lmap, glv, no_vals,
+                                  no_xs)
             if n == 0:
                 for f in range(out.shape[0]):
                     out[f, c] = np.nan

@@ -35,8 +35,11 @@ model: $(STAMP)
 	  --data-description "synthetic phantom cohort: kimap phantom --patients 30 --seed 2026"
 
 bench: $(STAMP)
-	$(PY) -m KiMapLib bench-maps --image ../shared/data/tcga-du-7294/t1c.nii.gz \
-	  --mask ../shared/data/tcga-du-7294/tumor_seg_isen20.nii.gz --json $(OUT)/bench/tcga.json
+	mkdir -p $(OUT)/bench
+	for r in 1 2 3; do $(PY) -m KiMapLib bench-maps --image ../shared/data/tcga-du-7294/t1c.nii.gz --zscore \
+	  --mask ../shared/data/tcga-du-7294/tumor_seg_isen20.nii.gz --kernel-radius $$r --json $(OUT)/bench/tcga_r$$r.json \
+	  || exit 1; done
+	$(PY) Testing/Python/bench_tcga_map.py
 
 clean:
 	rm -rf $(OUT) .pytest_cache .ruff_cache

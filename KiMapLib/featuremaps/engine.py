@@ -251,7 +251,7 @@ def feature_arrays(image: sitk.Image, mask: sitk.Image, settings: dict | None = 
                             for t in range(len(edges) - 1)])
         try:
             for step, ((group, _), jobs) in enumerate(zip(steps, pending, strict=True)):
-                report(progress, step / len(steps), "texture features" if group == "texture" else f"{group} features")
+                report(progress, step / len(steps), f"{group} features")
                 for job in jobs:
                     job.result()
         except BaseException:

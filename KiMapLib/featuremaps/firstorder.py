@@ -5,7 +5,7 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
-from KiMapLib.featuremaps.kernels import clear, gather
+from KiMapLib.featuremaps.kernels import clear, gather, insertion_sort
 
 EPS = np.spacing(1)
 #: Features needing the sorted kernel values / the central moments (the rest is cheap and always computed).
@@ -74,15 +74,8 @@ def _sort_level_of(k, srt, lo, hi, counts, pos, done):
     """Sort the level whose values hold rank ``k`` (once)."""
     for g in range(lo, hi + 1):
         if k < pos[g] + counts[g]:
-            if not done[g]:  # insertion sort of the level's values
-                a = pos[g]
-                for i in range(a + 1, a + int(counts[g])):
-                    x = srt[i]
-                    j = i - 1
-                    while j >= a and srt[j] > x:
-                        srt[j + 1] = srt[j]
-                        j -= 1
-                    srt[j + 1] = x
+            if not done[g]:
+                insertion_sort(srt, pos[g], pos[g] + int(counts[g]))
                 done[g] = 1
             return
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
+from KiMapLib.featuremaps.kernels import insertion_sort
+
 EPS = np.spacing(1)
 NF = 24
 IMC2_TIE = 0.0
@@ -259,25 +261,15 @@ def _mcc(ei, ej, ev, nnz, m, px, py, mdim, symmetric, ridx, mat, start, fill, or
             top = w[:r].max()
             low = w[:r].min()
     if np.isnan(top) or np.isnan(low):  # large, or not converged: LAPACK
-        _mcc_matrix(ei, ej, ev, nnz, m, px, py, symmetric, ridx, mat, start, fill, order, w)
-        _deflate(mat, r, px, fill, w)
+        if r <= QL_MAX:  # the tridiagonal reduction overwrote the matrix
+            _mcc_matrix(ei, ej, ev, nnz, m, px, py, symmetric, ridx, mat, start, fill, order, w)
+            _deflate(mat, r, px, fill, w)
         lapack = np.linalg.eigvalsh(mat[:r, :r].copy())
         top = lapack[r - 1]
         low = lapack[0]
     if symmetric:
         return max(abs(top), abs(low))
     return np.sqrt(max(top, 0.0))
-
-
-@nb.njit(cache=True, nogil=True)
-def _insertion_sort(a, n):
-    for i in range(1, n):
-        x = a[i]
-        j = i - 1
-        while j >= 0 and a[j] > x:
-            a[j + 1] = a[j]
-            j -= 1
-        a[j + 1] = x
 
 
 @nb.njit(cache=True, nogil=True)
@@ -293,8 +285,8 @@ def _entropy_pairs(px, py, m, su, sv):
         if py[i] > 0:
             sv[nv] = py[i]
             nv += 1
-    _insertion_sort(su, nu)
-    _insertion_sort(sv, nv)
+    insertion_sort(su, 0, nu)
+    insertion_sort(sv, 0, nv)
     a = su
     b = sv
     h = 0.0

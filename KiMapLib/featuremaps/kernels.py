@@ -116,6 +116,18 @@ def gather_compact(c, centers, valid, lev, row, shift, offs, flat, box, cells, l
 
 
 @nb.njit(cache=True, nogil=True)
+def insertion_sort(a, lo, hi):
+    """Sort a[lo:hi] in place (fast for the short runs the kernels sort)."""
+    for i in range(lo + 1, hi):
+        x = a[i]
+        j = i - 1
+        while j >= lo and a[j] > x:
+            a[j + 1] = a[j]
+            j -= 1
+        a[j + 1] = x
+
+
+@nb.njit(cache=True, nogil=True)
 def clear(box_lev, cells, n):
     for t in range(n):
         box_lev[cells[t]] = 0

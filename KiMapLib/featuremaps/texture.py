@@ -1,10 +1,10 @@
 """One pass per kernel for the five texture classes (GLCM, GLRLM, GLSZM, GLDM, NGTDM), numba.
 
-The kernel is copied once into a zero-padded box of compact grey levels (1..m, 0 outside the kernel). One scan
-visits each kernel voxel v and, for every mono-directional angle d, reads its two neighbours v + d and v - d; from
-those it counts the GLCM pair (v, v + d), extends the GLRLM run through v, and accumulates v's NGTDM neighbourhood
-sum and GLDM dependence, branch-free. GLSZM's zones are a flood fill of the same box. The per-class modules then
-turn the counts into pyradiomics' features.
+The kernel is copied once into a zero-padded box of compact grey levels (1..m, 0 outside the kernel). From that box,
+one scan per mono-directional angle counts the GLCM pairs (v, v + d) branch-free; one scan per voxel sums its GLDM
+dependence and NGTDM neighbourhood over its neighbours (in registers); one scan per distance-1 angle extends the GLRLM
+runs in box order; GLSZM's zones are a flood fill of the same box. The per-class modules then turn the counts into
+pyradiomics' features.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import numba as nb
 import numpy as np
 
 from KiMapLib.featuremaps import glcm, gldm, glrlm, glszm, ngtdm
-from KiMapLib.featuremaps.kernels import gather_compact
+from KiMapLib.featuremaps.kernels import clear, gather_compact, reset_levels
 
 #: Classes of this pass and their first row in its output (rows in ``names.FEATURES`` order).
 CLASSES = ("glcm", "glrlm", "glszm", "gldm", "ngtdm")
@@ -43,13 +43,11 @@ def run(centers, valid, lev, row, shift, offs, flat, box_shape, pad, maxlev, cmo
     want_cm, want_run, want_zone, want_dep, want_ngt = want[0], want[1], want[2], want[3], want[4]
     neff_cm = 1 if cm_weights.shape[0] > 0 else max(ncm, 1)
     neff_run = 1 if run_weights.shape[0] > 0 else max(nrun, 1)
-    # log2 tables of integer counts (unweighted matrices): a matrix holds at most 2 x kernel size entries
-    lt_cm = np.zeros(0, np.float64)
+    # log2 table of integer counts, for unweighted matrices (both weight sets come from weightingNorm): a GLCM holds
+    # at most 2 x kernel size pairs, a GLRLM at most one run per kernel voxel
+    lt = np.zeros(0, np.float64)
     if cm_weights.shape[0] == 0:
-        lt_cm = np.log2(np.maximum(np.arange(2 * nk + 2), 1).astype(np.float64))
-    lt_run = np.zeros(0, np.float64)
-    if run_weights.shape[0] == 0:
-        lt_run = np.log2(np.maximum(np.arange(nk + 2), 1).astype(np.float64))
+        lt = np.log2(np.maximum(np.arange(2 * nk + 2), 1).astype(np.float64))
     cap = min(nmax * nmax, nk * (ncm if neff_cm == 1 else 1))
     rcap = min(nmax * (maxrun + 1), nk * (nrun if neff_run == 1 else 1))
     for blk in range(len(bounds) - 1):
@@ -188,12 +186,12 @@ def run(centers, valid, lev, row, shift, offs, flat, box_shape, pad, maxlev, cmo
             if want_cm:
                 ng = ng_global if ng_global > 0 else glv[m - 1]
                 mdim = mdim_global if mdim_global > 0 else m
-                glcm.finish(cnt, lst, ln, stride, m, cm_weights, symmetric, F, S, li, lj, ei, ej, ev, ec, lt_cm, glv,
+                glcm.finish(cnt, lst, ln, stride, m, cm_weights, symmetric, F, S, li, lj, ei, ej, ev, ec, lt, glv,
                             ng, mdim, do_mcc, px, py, pxc, pyc, psub, padd, su, sv, ridx, mat, start, fill, order,
                             res, acc, accn, out, BASE[0], c)
             if want_run:
                 glrlm.finish(box, cells, n, shp, pad, run_angles, Pa, maxrun + 1, maxla, m, run_weights, Pr, eg, el,
-                             ne, glv, pr, pgr, lt_run, res, acc, accn, out, BASE[1], c)
+                             ne, glv, pr, pgr, lt, res, acc, accn, out, BASE[1], c)
             if want_dep:
                 gldm.features(Pd, pd, pg, m, maxd, n, glv, out, BASE[3], c)
             if want_ngt:
@@ -201,7 +199,5 @@ def run(centers, valid, lev, row, shift, offs, flat, box_shape, pad, maxlev, cmo
             if want_zone:  # last: the flood fill negates the box
                 nz = glszm.zones(box, cells, n, zoff, stack, zone_g, zone_s)
                 glszm.features(zone_g, zone_s, nz, n, m, glv, pg, ps, keys, out, BASE[2], c)
-            for t in range(m):
-                lmap[glv[t]] = 0
-            for t in range(n):
-                box[cells[t]] = 0
+            reset_levels(lmap, glv, m)
+            clear(box, cells, n)

@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 from KiMapLib.biopsies import Biopsy, read_biopsies
@@ -159,8 +160,12 @@ def run_map(args: argparse.Namespace) -> int:
     from KiMapLib.extraction import biopsy_voxel
     from KiMapLib.mapping import compute_map, write_map
     from KiMapLib.model_bundle import load_model
+    from KiMapLib.plots import pyplot
 
-    model = load_model(args.model)
+    # skops (reading the model) and matplotlib (the overlay) take seconds to import: both load in the background
+    # while the volumes are read and the features computed; the model file is verified before anything runs
+    model = load_model(args.model, background=True)
+    threading.Thread(target=pyplot, name="kimap-pyplot", daemon=True).start()
     volumes = read_volumes(parse_volume_args(args.volume))
     case = prepare_case(volumes, model.settings, required=model.required_sequences)
     region = read_volume(args.region, "region") if args.region else None

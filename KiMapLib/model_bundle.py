@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import zipfile
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -103,7 +104,7 @@ class KiMapModel:
     """A loaded, verified model: predicts ki67 (%) and P(ki67 >= threshold) from cohort-table rows."""
 
     card: dict
-    pipeline: object
+    pipeline: object  # the fitted pipeline (a Future while ``load_model(..., background=True)`` reads it)
     path: Path
     settings: ExtractionSettings = field(init=False)
 
@@ -133,6 +134,8 @@ class KiMapModel:
 
     def predict_matrix(self, matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """ki67 (%) clipped to [0, 100] and calibrated P(ki67 >= threshold) for a design matrix."""
+        if isinstance(self.pipeline, Future):
+            self.pipeline = self.pipeline.result()  # raises the loader's ModelError, if any
         ki67 = np.clip(self.pipeline.predict(matrix), 0.0, 100.0)
         return ki67, self.probability(ki67)
 
@@ -197,10 +200,11 @@ def packaged_model_dir(model_id: str | None = None) -> Path:
                      hint="give --model MODEL_DIR or reinstall KiMap")
 
 
-def load_model(path: str | Path | None = None) -> KiMapModel:
-    """Load and verify a bundle folder (or the packaged default). Raises ModelError naming the problem."""
-    import skops.io as sio
+def load_model(path: str | Path | None = None, background: bool = False) -> KiMapModel:
+    """Load and verify a bundle folder (or the packaged default). Raises ModelError naming the problem.
 
+    ``background``: the card, the file's sha256 and its type allow-list are checked now, and the verified file is
+    read by skops in a background thread (importing skops takes seconds); the first prediction waits for it."""
     entry = None
     if path is None:
         entry = next((e for e in registry() if e.get("default")), None)
@@ -226,12 +230,26 @@ def load_model(path: str | Path | None = None) -> KiMapModel:
                          input_name=where, hint="reinstall the model or retrain it; never load an unverified file")
     try:
         refused = sorted(types_in_file(model_path) - TRUSTED_TYPES)
-        if refused:
-            raise ModelError(f"model file contains types outside KiMap's allow-list: {', '.join(refused)}",
-                             input_name=where, hint="only bundles written by `kimap train` can be loaded")
+    except Exception as error:  # not a zip / no schema
+        raise ModelError(f"cannot read {model_path.name} ({type(error).__name__})", input_name=where) from None
+    if refused:
+        raise ModelError(f"model file contains types outside KiMap's allow-list: {', '.join(refused)}",
+                         input_name=where, hint="only bundles written by `kimap train` can be loaded")
+    if background:
+        loader = ThreadPoolExecutor(1, thread_name_prefix="kimap-model")
+        pipeline = loader.submit(_read_pipeline, model_path, card, where)
+        loader.shutdown(wait=False)
+    else:
+        pipeline = _read_pipeline(model_path, card, where)
+    return KiMapModel(card=card, pipeline=pipeline, path=folder)
+
+
+def _read_pipeline(model_path: Path, card: dict, where: str) -> object:
+    """The fitted pipeline of a verified model file (skops, allow-listed types only), checked against its card."""
+    import skops.io as sio
+
+    try:
         content = sio.load(model_path, trusted=sorted(sio.get_untrusted_types(file=model_path)))
-    except ModelError:
-        raise
     except Exception as error:  # skops raises many types for a corrupt file
         raise ModelError(f"cannot read {model_path.name} ({type(error).__name__})", input_name=where) from None
     if list(content.get("input_features", [])) != list(card["input_features"]):
@@ -240,4 +258,4 @@ def load_model(path: str | Path | None = None) -> KiMapModel:
     pipeline = content["pipeline"]
     if getattr(pipeline, "n_features_in_", len(card["input_features"])) != len(card["input_features"]):
         raise ModelError("the model expects a different number of features than its card lists", input_name=where)
-    return KiMapModel(card=card, pipeline=pipeline, path=folder)
+    return pipeline

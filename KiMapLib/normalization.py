@@ -33,7 +33,10 @@ def zscore(image: sitk.Image, foreground: np.ndarray, scale: float, name: str) -
     if not np.isfinite(std) or std <= 0:
         raise KiMapError("has constant intensity inside the foreground", input_name=name,
                          hint="check that the right volume was given")
-    normalized = np.where(foreground, (values - inside.mean()) / std * scale, 0.0)
-    result = sitk.GetImageFromArray(normalized)  # float64: pyradiomics and the engine then agree to 1e-12
+    values -= inside.mean()  # in place, the same operations in the same order as (x - mean) / std * scale
+    values /= std
+    values *= scale
+    values[~foreground] = 0.0
+    result = sitk.GetImageFromArray(values)  # float64: pyradiomics and the engine then agree to 1e-12
     result.CopyInformation(image)
     return result

@@ -10,7 +10,8 @@ import SimpleITK as sitk
 from KiMapLib.geometry import LPS_FROM_RAS
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib's pyplot on the Agg backend (no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -21,7 +22,7 @@ def _pyplot():
 
 def predicted_vs_measured(measured: np.ndarray, predicted: np.ndarray, labels: list[str], metrics: dict,
                           path: str | Path, title: str = "Leave-one-patient-out") -> None:
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.2, 5), dpi=120)
     for label in sorted(set(labels)):
         chosen = np.array(labels) == label
@@ -37,7 +38,7 @@ def predicted_vs_measured(measured: np.ndarray, predicted: np.ndarray, labels: l
 
 
 def calibration(high: np.ndarray, probability: np.ndarray, path: str | Path, threshold: float, bins: int = 8) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     edges = np.linspace(0, 1, bins + 1)
     which = np.clip(np.digitize(probability, edges) - 1, 0, bins - 1)
     centres, observed, counts = [], [], []
@@ -82,7 +83,7 @@ def overlay(t1c: sitk.Image, ki67: sitk.Image, path: str | Path, *, slice_k: int
 
     Picks the slice with the most mapped voxels unless ``slice_k`` is given; returns the slice index.
     """
-    plt = _pyplot()
+    plt = pyplot()
     background = sitk.GetArrayFromImage(t1c).astype(float)
     values = sitk.GetArrayFromImage(ki67).astype(float)
     if slice_k is None:

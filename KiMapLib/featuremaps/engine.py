@@ -12,7 +12,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from KiMapLib.errors import GeometryError, KiMapError
-from KiMapLib.featuremaps import discretize, firstorder, params, texture
+from KiMapLib.featuremaps import discretize, firstorder, glcm, params, texture
 from KiMapLib.featuremaps.kernels import angles, blocks, kernel_offsets, make_box
 from KiMapLib.featuremaps.names import FEATURES, key, parse_features
 from KiMapLib.progress import ProgressCallback, report
@@ -235,7 +235,7 @@ def feature_arrays(image: sitk.Image, mask: sitk.Image, settings: dict | None = 
             box.flat_offsets(angles([1], bidirectional=True)),
             _glcm_weights(cm_angles, spacing_kji, p.weighting, run_length=False),
             _glcm_weights(run_angles, spacing_kji, p.weighting, run_length=True), p.symmetric, ng_global,
-            mdim_global, "MCC" in wanted.get("glcm", ()), int(p.gldm_a),
+            mdim_global, glcm.needs(wanted.get("glcm", ())), int(p.gldm_a),
             np.array([cls in wanted for cls in texture.CLASSES], np.bool_)), texture.ROWS)
 
     outputs = {group: np.full((rows, n), np.nan) for group, (_, _, rows) in groups.items()}

@@ -185,6 +185,7 @@ def _mcc_matrix(ei, ej, ev, nnz, m, px, py, symmetric, ridx, mat, start, fill, o
             a = ridx[i]
             b = ridx[j]
             mat[a, b] = ev[t] * isq[a] * isq[b]
+            mat[b, a] = mat[a, b]  # the entries may list one triangle only
     else:
         # entries sharing a column k contribute P[a,k] P[b,k] / py[k]: bucket the entries by column
         for k in range(m + 1):
@@ -307,15 +308,39 @@ def _entropy_pairs(px, py, m, su, sv):
     return h
 
 
+#: Groups of features that share a costly sum (bits of ``need``): only the requested groups are computed.
+NEED_ENTROPY = 1  # JointEntropy, Imc1, Imc2: HXY
+NEED_IMC = 2  # Imc1, Imc2: HX, HY, HXY1, HXY2
+NEED_DIFF = 4  # the features of p_(x-y)
+NEED_SUM = 8  # the features of p_(x+y)
+NEED_MCC = 16
+NEED_ALL = 31
+_GROUPS = {NEED_ENTROPY: ("JointEntropy", "Imc1", "Imc2"), NEED_IMC: ("Imc1", "Imc2"),
+           NEED_DIFF: ("DifferenceAverage", "DifferenceEntropy", "DifferenceVariance", "Idm", "Idmn", "Id", "Idn",
+                       "InverseVariance"),
+           NEED_SUM: ("SumAverage", "SumEntropy"), NEED_MCC: ("MCC",)}
+
+
+def needs(names) -> int:
+    """The ``need`` bits of the requested GLCM feature names (features outside every group are always computed)."""
+    return sum(bit for bit, group in _GROUPS.items() if set(group) & set(names))
+
+
 @nb.njit(cache=True, nogil=True)
-def _angle_features(ei, ej, ev, ec, nnz, total, lt, m, glv, ng, mdim, do_mcc, symmetric, px, py, pxc, pyc, psub,
+def _angle_features(ei, ej, ev, ec, em, nnz, total, lt, m, glv, ng, mdim, need, symmetric, px, py, pxc, pyc, psub,
                     padd, su, sv, ridx, mat, start, fill, order, res):
-    """Features of one matrix given by its non-zero entries (ei, ej) into res: ``ev`` normalized, ``ec`` raw.
+    """Features of one matrix given by its non-zero entries (ei, ej) into res: ``ev`` normalized, ``ec`` raw,
+    ``em`` the entry's multiplicity (symmetric matrices list the upper triangle once: 2 off the diagonal).
 
     With integer counts (``lt`` non-empty: lt[k] = log2(k)), every log2(x + eps) of pyradiomics is taken as the
     table difference log2(count) - log2(total): eps changes an entropy by at most (terms x 3.2e-16), far below the
-    tolerance, and HXY2 = -sum_ij px_i py_j log2(px_i py_j) separates into HX sum(py) + HY sum(px)."""
+    tolerance, and HXY2 = -sum_ij px_i py_j log2(px_i py_j) separates into HX sum(py) + HY sum(px).
+    Features of groups not in ``need`` are NaN."""
     integer = lt.shape[0] > 0
+    ent = (need & NEED_ENTROPY) != 0
+    imc = (need & NEED_IMC) != 0
+    diff = (need & NEED_DIFF) != 0
+    summ = (need & NEED_SUM) != 0
     for i in range(m):
         px[i] = 0.0
         py[i] = 0.0
@@ -326,55 +351,82 @@ def _angle_features(ei, ej, ev, ec, nnz, total, lt, m, glv, ng, mdim, do_mcc, sy
         py[ej[t]] += ev[t]
         pxc[ei[t]] += ec[t]
         pyc[ej[t]] += ec[t]
+    if symmetric:  # px = py: add the lower triangle's entries
+        for i in range(m):
+            px[i] += py[i]
+            pxc[i] += pyc[i]
+        for t in range(nnz):
+            if ei[t] == ej[t]:
+                px[ei[t]] -= ev[t]
+                pxc[ei[t]] -= ec[t]
+        for i in range(m):
+            py[i] = px[i]
+            pyc[i] = pxc[i]
     ltot = np.log2(total) if integer else 0.0
     ux = 0.0
     uy = 0.0
     for i in range(m):
         ux += glv[i] * px[i]
         uy += glv[i] * py[i]
+    sx2 = 0.0
+    sy2 = 0.0
+    for i in range(m):
+        dx = glv[i] - ux
+        sx2 += px[i] * dx * dx
+        dy = glv[i] - uy
+        sy2 += py[i] * dy * dy
     lo = glv[0]
     hi = glv[m - 1]
-    for k in range(hi - lo + 1):
-        psub[k] = 0.0
-    for k in range(2 * lo, 2 * hi + 1):
-        padd[k] = 0.0
-    ac = cp = cs = ct = con = corm = sx2 = sy2 = ene = hxy = hxy1 = 0.0
+    if diff:
+        for k in range(hi - lo + 1):
+            psub[k] = 0.0
+    if summ:
+        for k in range(2 * lo, 2 * hi + 1):
+            padd[k] = 0.0
+    ac = cp = cs = ct = con = corm = ene = hxy = hxy1 = 0.0
     maxp = 0.0
     for t in range(nnz):
         v = ev[t]
+        mult = em[t]
+        w = mult * v
         i = ei[t]
         j = ej[t]
         gi = float(glv[i])
         gj = float(glv[j])
-        ac += v * gi * gj
+        ac += w * gi * gj
         d = gi + gj - ux - uy
         d2 = d * d
-        ct += v * d2
-        cs += v * d2 * d
-        cp += v * d2 * d2
+        ct += w * d2
+        cs += w * d2 * d
+        cp += w * d2 * d2
         dg = gi - gj
-        con += v * dg * dg
-        corm += v * (gi - ux) * (gj - uy)
-        dx = gi - ux
-        sx2 += v * dx * dx
-        dy = gj - uy
-        sy2 += v * dy * dy
-        ene += v * v
+        con += w * dg * dg
+        corm += w * (gi - ux) * (gj - uy)
+        ene += w * v
         if integer:
-            hxy -= v * (lt[int(ec[t])] - ltot)
-            hxy1 -= v * (lt[int(pxc[i])] + lt[int(pyc[j])] - 2.0 * ltot)
-            psub[abs(glv[i] - glv[j])] += ec[t]
-            padd[glv[i] + glv[j]] += ec[t]
+            if ent:
+                hxy -= w * (lt[int(ec[t])] - ltot)
+            if imc:
+                hxy1 -= w * (lt[int(pxc[i])] + lt[int(pyc[j])] - 2.0 * ltot)
+            if diff:
+                psub[abs(glv[i] - glv[j])] += mult * ec[t]
+            if summ:
+                padd[glv[i] + glv[j]] += mult * ec[t]
         else:
-            hxy -= v * np.log2(v + EPS)
-            hxy1 -= v * np.log2(px[i] * py[j] + EPS)
-            psub[abs(glv[i] - glv[j])] += v
-            padd[glv[i] + glv[j]] += v
+            if ent:
+                hxy -= w * np.log2(v + EPS)
+            if imc:
+                hxy1 -= w * np.log2(px[i] * py[j] + EPS)
+            if diff:
+                psub[abs(glv[i] - glv[j])] += w
+            if summ:
+                padd[glv[i] + glv[j]] += w
         if v > maxp:
             maxp = v
     hx = 0.0
     hy = 0.0
-    if integer:
+    hxy2 = 0.0
+    if imc and integer:
         sx = 0.0
         sy = 0.0
         for i in range(m):
@@ -385,7 +437,7 @@ def _angle_features(ei, ej, ev, ec, nnz, total, lt, m, glv, ng, mdim, do_mcc, sy
                 hy -= py[i] * (lt[int(pyc[i])] - ltot)
                 sy += py[i]
         hxy2 = hx * sy + hy * sx
-    else:
+    elif imc:
         for i in range(m):
             if px[i] > 0:
                 hx -= px[i] * np.log2(px[i] + EPS)
@@ -394,39 +446,41 @@ def _angle_features(ei, ej, ev, ec, nnz, total, lt, m, glv, ng, mdim, do_mcc, sy
         hxy2 = _entropy_pairs(px, py, m, su, sv)
     da = de = dv = idm = idmn = idd = idn = iv = 0.0
     ngf = float(ng)
-    for k in range(hi - lo + 1):
-        v = psub[k]
-        if v == 0.0:
-            continue
-        if integer:
-            de -= v / total * (lt[int(v)] - ltot)
-            v = v / total
-            psub[k] = v
-        else:
-            de -= v * np.log2(v + EPS)
-        kf = float(k)
-        da += kf * v
-        idm += v / (1.0 + kf * kf)
-        idmn += v / (1.0 + (kf * kf) / (ngf * ngf))
-        idd += v / (1.0 + kf)
-        idn += v / (1.0 + kf / ngf)
-        if k > 0:
-            iv += v / (kf * kf)
-    for k in range(hi - lo + 1):
-        v = psub[k]
-        if v != 0.0:
-            dk = k - da
-            dv += v * dk * dk
-    sa = se = 0.0
-    for k in range(2 * lo, 2 * hi + 1):
-        v = padd[k]
-        if v != 0.0:
+    if diff:
+        for k in range(hi - lo + 1):
+            v = psub[k]
+            if v == 0.0:
+                continue
             if integer:
-                se -= v / total * (lt[int(v)] - ltot)
+                de -= v / total * (lt[int(v)] - ltot)
                 v = v / total
+                psub[k] = v
             else:
-                se -= v * np.log2(v + EPS)
-            sa += k * v
+                de -= v * np.log2(v + EPS)
+            kf = float(k)
+            da += kf * v
+            idm += v / (1.0 + kf * kf)
+            idmn += v / (1.0 + (kf * kf) / (ngf * ngf))
+            idd += v / (1.0 + kf)
+            idn += v / (1.0 + kf / ngf)
+            if k > 0:
+                iv += v / (kf * kf)
+        for k in range(hi - lo + 1):
+            v = psub[k]
+            if v != 0.0:
+                dk = k - da
+                dv += v * dk * dk
+    sa = se = 0.0
+    if summ:
+        for k in range(2 * lo, 2 * hi + 1):
+            v = padd[k]
+            if v != 0.0:
+                if integer:
+                    se -= v / total * (lt[int(v)] - ltot)
+                    v = v / total
+                else:
+                    se -= v * np.log2(v + EPS)
+                sa += k * v
     sx = np.sqrt(sx2)
     sy = np.sqrt(sy2)
     corr = 1.0 if sx * sy == 0.0 else corm / (sx * sy + EPS)
@@ -444,96 +498,92 @@ def _angle_features(ei, ej, ev, ec, nnz, total, lt, m, glv, ng, mdim, do_mcc, sy
     res[4] = ct
     res[5] = con
     res[6] = corr
-    res[7] = da
-    res[8] = de
-    res[9] = dv
+    res[7] = da if diff else np.nan
+    res[8] = de if diff else np.nan
+    res[9] = dv if diff else np.nan
     res[10] = ene
-    res[11] = hxy
-    res[12] = imc1
-    res[13] = imc2
-    res[14] = idm
-    res[15] = idmn
-    res[16] = idd
-    res[17] = idn
-    res[18] = iv
+    res[11] = hxy if ent else np.nan
+    res[12] = imc1 if imc else np.nan
+    res[13] = imc2 if imc else np.nan
+    res[14] = idm if diff else np.nan
+    res[15] = idmn if diff else np.nan
+    res[16] = idd if diff else np.nan
+    res[17] = idn if diff else np.nan
+    res[18] = iv if diff else np.nan
     res[19] = maxp
-    res[20] = sa
-    res[21] = se
+    res[20] = sa if summ else np.nan
+    res[21] = se if summ else np.nan
     res[22] = sx2
-    if do_mcc:
+    if need & NEED_MCC:
         res[23] = _mcc(ei, ej, ev, nnz, m, px, py, mdim, symmetric, ridx, mat, start, fill, order, su, sv)
     else:
         res[23] = np.nan
 
 
 @nb.njit(cache=True, nogil=True)
-def finish(cnt, lst, ln, stride, m, weights, symmetric, F, S, li, lj, ei, ej, ev, ec, lt, glv, ng, mdim, do_mcc,
+def finish(cnt, lst, ln, sh, m, weights, symmetric, F, li, lj, ei, ej, ev, ec, em, lt, glv, ng, mdim, need,
            px, py, pxc, pyc, psub, padd, su, sv, ridx, mat, start, fill, order, res, acc, accn, out, base, c):
-    """Features from the per-angle pair counts ``cnt[a, (i + 1) * stride + j + 1]`` of one kernel (compact levels;
+    """Features from the per-angle pair counts ``cnt[a, ((i + 1) << sh) | (j + 1)]`` of one kernel (compact levels;
     the non-zero entries listed in ``lst[a, :ln[a]]``), averaged over non-empty angles; the counts are reset here.
 
-    ``weights`` non-empty: the angles are summed with these weights into one matrix (``weightingNorm``)."""
+    ``symmetric``: the counts are of unordered pairs (i <= j), and the matrix P + P^T is listed by its upper
+    triangle (multiplicity in ``em``). ``weights`` non-empty: the angles are summed with these weights into one
+    matrix (``weightingNorm``) through ``F``."""
     ncm = ln.shape[0]
     neff = 1 if weights.shape[0] > 0 else ncm
+    low = (1 << sh) - 1
     for f in range(NF):
         acc[f] = 0.0
         accn[f] = 0.0
     for e in range(neff):
-        a_lo = 0 if neff == 1 else e
-        a_hi = ncm if neff == 1 else e + 1
-        nl = 0
-        for a in range(a_lo, a_hi):
-            w = weights[a] if neff == 1 else 1.0
-            for t in range(ln[a]):
-                x = lst[a, t]
-                i = x // stride - 1
-                j = x % stride - 1
-                if F[i, j] == 0.0:
-                    li[nl] = i
-                    lj[nl] = j
-                    nl += 1
-                F[i, j] += w * cnt[a, x]
-                cnt[a, x] = 0
-            ln[a] = 0
-            for i in range(1, m + 1):  # pairs leaving the kernel were counted in column 0
-                cnt[a, i * stride] = 0
         nnz = 0
-        total = 0.0
-        for t in range(nl):
-            i = li[t]
-            j = lj[t]
-            if symmetric:
-                if S[i, j] == 0.0:
-                    v = F[i, j] + F[j, i]
-                    S[i, j] = v
-                    ei[nnz] = i
-                    ej[nnz] = j
-                    ev[nnz] = v
-                    nnz += 1
-                    total += v
-                    if i != j and S[j, i] == 0.0:
-                        S[j, i] = v
-                        ei[nnz] = j
-                        ej[nnz] = i
-                        ev[nnz] = v
-                        nnz += 1
-                        total += v
-            else:
-                v = F[i, j]
-                ei[nnz] = i
-                ej[nnz] = j
-                ev[nnz] = v
+        if neff == ncm:  # one angle: its listed cells are distinct
+            for t in range(ln[e]):
+                x = lst[e, t]
+                ei[nnz] = (x >> sh) - 1
+                ej[nnz] = (x & low) - 1
+                ev[nnz] = cnt[e, x]
+                cnt[e, x] = 0
                 nnz += 1
-                total += v
-        for t in range(nl):
-            F[li[t], lj[t]] = 0.0
+        else:
+            nl = 0
+            for a in range(ncm):
+                w = weights[a]
+                for t in range(ln[a]):
+                    x = lst[a, t]
+                    i = (x >> sh) - 1
+                    j = (x & low) - 1
+                    if F[i, j] == 0.0:
+                        li[nl] = i
+                        lj[nl] = j
+                        nl += 1
+                    F[i, j] += w * cnt[a, x]
+                    cnt[a, x] = 0
+            for t in range(nl):
+                ei[t] = li[t]
+                ej[t] = lj[t]
+                ev[t] = F[li[t], lj[t]]
+                F[li[t], lj[t]] = 0.0
+            nnz = nl
+        for a in range(0 if neff == 1 else e, ncm if neff == 1 else e + 1):
+            ln[a] = 0
+            for i in range(1, m + 1):  # pairs leaving the kernel were counted at (i, 0), or (0, i) if unordered
+                cnt[a, i << sh] = 0
+                cnt[a, i] = 0
+        total = 0.0
         for t in range(nnz):
-            S[ei[t], ej[t]] = 0.0
+            if symmetric:
+                diagonal = ei[t] == ej[t]
+                ev[t] *= 2.0 if diagonal else 1.0  # P + P^T doubles the diagonal
+                em[t] = 1.0 if diagonal else 2.0
+            else:
+                em[t] = 1.0
+            total += em[t] * ev[t]
         if total > 0.0:
             for t in range(nnz):
                 ec[t] = ev[t]
                 ev[t] /= total
-            _angle_features(ei, ej, ev, ec, nnz, total, lt, m, glv, ng, mdim, do_mcc, symmetric, px, py, pxc, pyc,
+            _angle_features(ei, ej, ev, ec, em, nnz, total, lt, m, glv, ng, mdim, need, symmetric, px, py, pxc, pyc,
                             psub, padd, su, sv, ridx, mat, start, fill, order, res)
             for f in range(NF):
                 if not np.isnan(res[f]):

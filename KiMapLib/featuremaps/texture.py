@@ -24,19 +24,22 @@ ROWS = int(sum(SIZES))
 
 @nb.njit(cache=True, nogil=True)
 def run(centers, valid, lev, row, shift, offs, flat, box_shape, pad, maxlev, cmoff, nboff, runoff, run_angles, zoff,
-        cm_weights, run_weights, symmetric, ng_global, mdim_global, do_mcc, alpha, want, bounds, out):
+        cm_weights, run_weights, symmetric, ng_global, mdim_global, cm_need, alpha, want, bounds, out):
     """Texture features of the centres ``bounds[0]..bounds[-1]`` into ``out[ROWS, centres]``.
 
     ``cmoff``: flat box offsets (all > 0) of the mono-directional angles at ``distances`` (GLCM matrices);
     ``nboff``: the same both ways (GLDM and NGTDM neighbours); ``runoff``: those of the distance-1 angles (GLRLM,
     whose (dk, dj, di) are ``run_angles``).
-    ``want``: compute flags per class of ``CLASSES``. ``offs``/``flat`` list the kernel in increasing box order
-    (GLRLM's runs need it)."""
+    ``want``: compute flags per class of ``CLASSES``; ``cm_need``: the GLCM feature groups (``glcm.needs``).
+    ``offs``/``flat`` list the kernel in increasing box order (GLRLM's runs need it)."""
     nk = offs.shape[0]
     ncm = cmoff.shape[0]
     nrun = runoff.shape[0]
     nmax = min(maxlev, nk)
-    stride = nmax + 1
+    sh = 1  # GLCM cells (i, j) at (i << sh) | j: shifts, not divisions, recover i and j
+    while (1 << sh) < nmax + 1:
+        sh += 1
+    stride = 1 << sh
     box_size = box_shape[0] * box_shape[1] * box_shape[2]
     maxrun = max(box_shape[0], max(box_shape[1], box_shape[2]))
     shp = (box_shape[0], box_shape[1], box_shape[2])
@@ -63,13 +66,13 @@ def run(centers, valid, lev, row, shift, offs, flat, box_shape, pad, maxlev, cmo
         lst = np.zeros((max(ncm, 1), nk + 1 if want_cm else 1), np.int64)
         ln = np.zeros(max(ncm, 1), np.int64)
         F = np.zeros((nmax, nmax), np.float64)
-        S = np.zeros((nmax, nmax), np.float64)
         li = np.zeros(cap, np.int64)
         lj = np.zeros(cap, np.int64)
         ei = np.zeros(2 * cap, np.int64)
         ej = np.zeros(2 * cap, np.int64)
         ev = np.zeros(2 * cap, np.float64)
         ec = np.zeros(2 * cap, np.float64)
+        em = np.zeros(2 * cap, np.float64)
         px = np.zeros(nmax, np.float64)
         py = np.zeros(nmax, np.float64)
         pxc = np.zeros(nmax, np.float64)
@@ -79,7 +82,7 @@ def run(centers, valid, lev, row, shift, offs, flat, box_shape, pad, maxlev, cmo
         psub = np.zeros(maxlev + 2, np.float64)
         padd = np.zeros(2 * maxlev + 3, np.float64)
         ridx = np.zeros(nmax, np.int64)
-        mat = np.zeros((nmax, nmax) if do_mcc else (1, 1), np.float64)
+        mat = np.zeros((nmax, nmax) if cm_need & glcm.NEED_MCC else (1, 1), np.float64)
         start = np.zeros(nmax + 2, np.int64)
         fill = np.zeros(nmax + 1, np.int64)
         order = np.zeros(2 * cap + nmax + 2, np.int64)
@@ -131,13 +134,23 @@ def run(centers, valid, lev, row, shift, offs, flat, box_shape, pad, maxlev, cmo
                     cnt_q = cnt[q]
                     lst_q = lst[q]
                     nl = 0
-                    for t in range(n):
-                        cn = box[cells[t] + d]
-                        x = cvals[t] * stride + cn
-                        old = cnt_q[x]
-                        lst_q[nl] = x
-                        nl += (old == 0) & (cn > 0)
-                        cnt_q[x] = old + 1
+                    if symmetric:  # P + P^T: count unordered pairs at (low, high)
+                        for t in range(n):
+                            cn = box[cells[t] + d]
+                            cv = cvals[t]
+                            x = (min(cv, cn) << sh) | max(cv, cn)
+                            old = cnt_q[x]
+                            lst_q[nl] = x
+                            nl += (old == 0) & (cn > 0)
+                            cnt_q[x] = old + 1
+                    else:
+                        for t in range(n):
+                            cn = box[cells[t] + d]
+                            x = (cvals[t] << sh) | cn
+                            old = cnt_q[x]
+                            lst_q[nl] = x
+                            nl += (old == 0) & (cn > 0)
+                            cnt_q[x] = old + 1
                     ln[q] = nl
             if want_dep or want_ngt:  # voxel-major: the neighbourhood sums stay in registers
                 for t in range(n):
@@ -186,8 +199,8 @@ def run(centers, valid, lev, row, shift, offs, flat, box_shape, pad, maxlev, cmo
             if want_cm:
                 ng = ng_global if ng_global > 0 else glv[m - 1]
                 mdim = mdim_global if mdim_global > 0 else m
-                glcm.finish(cnt, lst, ln, stride, m, cm_weights, symmetric, F, S, li, lj, ei, ej, ev, ec, lt, glv,
-                            ng, mdim, do_mcc, px, py, pxc, pyc, psub, padd, su, sv, ridx, mat, start, fill, order,
+                glcm.finish(cnt, lst, ln, sh, m, cm_weights, symmetric, F, li, lj, ei, ej, ev, ec, em, lt,
+                            glv, ng, mdim, cm_need, px, py, pxc, pyc, psub, padd, su, sv, ridx, mat, start, fill, order,
                             res, acc, accn, out, BASE[0], c)
             if want_run:
                 glrlm.finish(box, cells, n, shp, pad, run_angles, Pa, maxrun + 1, maxla, m, run_weights, Pr, eg, el,

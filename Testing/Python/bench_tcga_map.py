@@ -1,28 +1,37 @@
-"""End-to-end whole-tumour feature maps of the TCGA case from three sequences (issue: <= 10 s on this machine).
+"""End-to-end whole-tumour ki67 map of the TCGA case from three sequences (issue: <= 10 s on this machine).
 
-    .venv/bin/python Testing/Python/bench_tcga_map.py [--repeats 3]
+    .venv/bin/python Testing/Python/bench_tcga_map.py [--repeats 3] [--slicer] [--api]
 
-Per sequence (t1c, t2, flair): read, foreground, z-score x100, then ``feature_maps`` at full geometry with KiMap's
-map settings (ball 5 mm, binWidth 25, kernel mask = foreground) for 15 features of all six classes. Prints the
-wall time per sequence and in total (median of the repeats) and the peak RSS. Not a test (no timed assertions).
+Default: what a batch user runs, ``kimap map --volume t1c=... --volume t2=... --volume flair=... --region tumour
+--model M --out D`` as a fresh process (start-up, imports, loading and verifying the model, reading and aligning
+the volumes, foreground, z-scores, features at every tumour voxel on the 5 mm ball, the model, writing the ki67 and
+probability maps, overlay PNG and summary). ``M`` is made here: a ridge fitted on random rows that uses 15 features
+of all six classes from each of t1c, T2 and FLAIR; its predictions mean nothing, only its inputs matter for the
+time. Prints the wall time (median of the repeats, after one warm-up run that fills the numba cache), the
+compute_map timings the command reports, and its peak RSS.
+
+``--slicer``: also the Slicer module's map, ``KiMapLogic.computeMap`` on a slicer-core scene (volume and region
+nodes in, ki67 and P(high) nodes out; the model loaded once before, as when the user picks it).
+``--api``: also ``feature_maps`` per sequence (the library call returning 15 full-size feature images).
+Not a test (no timed assertions).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import resource
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-import SimpleITK as sitk
-
-from KiMapLib.featuremaps import feature_maps
-from KiMapLib.normalization import foreground_mask, zscore
-from KiMapLib.settings import ExtractionSettings
 
 TCGA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "tcga-du-7294"
+SEQUENCES = ("t1c", "t2", "flair")
 FEATURES = [
     "original_firstorder_Mean", "original_firstorder_Entropy", "original_firstorder_Variance",
     "original_glcm_Contrast", "original_glcm_Correlation", "original_glcm_JointEntropy", "original_glcm_Idm",
@@ -32,10 +41,75 @@ FEATURES = [
 ]
 
 
-def one_run(tumour: np.ndarray) -> dict[str, float]:
+def three_sequence_model(folder: Path) -> Path:
+    """A model bundle whose used features are FEATURES on each of SEQUENCES (random training rows)."""
+    from KiMapLib.model_bundle import save_bundle
+    from KiMapLib.training import TrainingConfig, train
+
+    rng = np.random.default_rng(0)
+    columns = [f"{s}_{f}" for s in SEQUENCES for f in FEATURES]
+    rows = [{"patient_id": f"p{p}", "ki67": float(rng.uniform(1, 60)), **dict(zip(columns, rng.normal(size=45),
+                                                                                   strict=True))}
+            for p in range(6) for _ in range(8)]
+    result = train(rows, TrainingConfig(k_features=len(columns), covariates=()), model_id="bench-three-sequences")
+    assert sorted(result.card["used_features"]) == sorted(columns)
+    return save_bundle(result.pipeline, result.card, folder / "model")
+
+
+def run_map(model: Path, out: Path) -> tuple[float, dict, float]:
+    """One ``kimap map`` process: (wall s, its timings_s, its peak RSS MB)."""
+    command = [sys.executable, "-m", "KiMapLib", "map", "--model", str(model), "--out", str(out),
+               "--region", str(TCGA / "tumor_seg_isen20.nii.gz")]
+    for name in SEQUENCES:
+        command += ["--volume", f"{name}={TCGA / f'{name}.nii.gz'}"]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    start = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    wall = time.perf_counter() - start
+    if done.returncode != 0:
+        raise SystemExit(f"kimap map failed:\n{done.stderr}")
+    summary = json.loads((out / "summary.json").read_text())
+    rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return wall, summary["timings_s"], max(rss, before) / 1024
+
+
+def slicer_seconds(model_folder: Path, repeats: int) -> list[float]:
+    """``KiMapLogic.computeMap`` on a slicer-core scene (the module's Map button / the console API): volume and
+    region nodes in, ki67 and P(high) nodes out. The model is loaded once before, as when the user picks it."""
+    import SimpleITK as sitk
+
+    from KiMapLib.mrml_logic import KiMapLogic, setup_headless_scene, update_node_from_image
+
+    scene = setup_headless_scene()
+    nodes = {}
+    for name in SEQUENCES:
+        nodes[name] = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name)
+        update_node_from_image(nodes[name], sitk.ReadImage(str(TCGA / f"{name}.nii.gz")))
+    region = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "tumour")
+    update_node_from_image(region, sitk.ReadImage(str(TCGA / "tumor_seg_isen20.nii.gz")))
+    logic = KiMapLogic(scene)
+    model = logic.loadModel(model_folder)
+    ki67, probability = logic.computeMap(nodes, region, model)  # warm-up
+    seconds = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        logic.computeMap(nodes, region, model, ki67Node=ki67, probabilityNode=probability)
+        seconds.append(time.perf_counter() - start)
+    return seconds
+
+
+def api_seconds() -> dict[str, float]:
+    """``feature_maps`` per sequence (read, foreground, z-score, 15 full-size maps), as the library API."""
+    import SimpleITK as sitk
+
+    from KiMapLib.featuremaps import feature_maps
+    from KiMapLib.normalization import foreground_mask, zscore
+    from KiMapLib.settings import ExtractionSettings
+
     settings = ExtractionSettings().pyradiomics_settings() | {"ballRadius": 5.0}
+    tumour = sitk.GetArrayFromImage(sitk.ReadImage(str(TCGA / "tumor_seg_isen20.nii.gz"))) > 0
     seconds = {}
-    for name in ("t1c", "t2", "flair"):
+    for name in SEQUENCES:
         start = time.perf_counter()
         image = sitk.ReadImage(str(TCGA / f"{name}.nii.gz"), sitk.sitkFloat32)
         foreground = foreground_mask(image)
@@ -46,23 +120,41 @@ def one_run(tumour: np.ndarray) -> dict[str, float]:
         kernel_mask.CopyInformation(normalized)
         maps = feature_maps(normalized, mask, settings, FEATURES, kernel="ball", kernel_mask=kernel_mask)
         assert len(maps) == len(FEATURES)
+        del maps
         seconds[name] = time.perf_counter() - start
     seconds["total"] = sum(seconds.values())
     return seconds
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--slicer", action="store_true", help="also time KiMapLogic.computeMap on slicer-core")
+    parser.add_argument("--api", action="store_true", help="also time feature_maps (45 full-size feature images)")
     args = parser.parse_args()
-    tumour = sitk.GetArrayFromImage(sitk.ReadImage(str(TCGA / "tumor_seg_isen20.nii.gz"))) > 0
-    one_run(tumour)  # warm-up: loads the numba cache
-    runs = [one_run(tumour) for _ in range(args.repeats)]
-    median = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
-    print("end-to-end TCGA map, 3 sequences x 15 features, ball 5 mm, binWidth 25 (median of "
-          f"{args.repeats}): " + ", ".join(f"{k} {v:.1f} s" for k, v in median.items()))
-    print("runs (total s): " + ", ".join(f"{r['total']:.1f}" for r in runs))
-    print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
+    with tempfile.TemporaryDirectory() as tmp:
+        model = three_sequence_model(Path(tmp))
+        run_map(model, Path(tmp) / "warm-up")  # fills the numba cache on a fresh checkout
+        runs = [run_map(model, Path(tmp) / f"run{r}") for r in range(args.repeats)]
+    walls = [wall for wall, _, _ in runs]
+    print(f"kimap map, TCGA case, t1c + T2 + FLAIR, 15 features x 3 sequences, ball 5 mm, binWidth 25: "
+          f"{statistics.median(walls):.1f} s end to end (median of {args.repeats}; runs "
+          + ", ".join(f"{w:.1f}" for w in walls) + ")")
+    for wall, timings, _ in runs:
+        print(f"  run {wall:.1f} s: compute_map {timings['total']:.1f} s, features {timings['features']:.1f} s")
+    print(f"peak RSS of kimap map {max(rss for _, _, rss in runs):.0f} MB")
+    if args.slicer:
+        with tempfile.TemporaryDirectory() as tmp:
+            seconds = slicer_seconds(three_sequence_model(Path(tmp)), args.repeats)
+        print(f"KiMapLogic.computeMap (Slicer module / console API, nodes in, nodes out, model loaded): "
+              f"{statistics.median(seconds):.1f} s (median of {args.repeats}; runs "
+              + ", ".join(f"{s:.1f}" for s in seconds) + ")")
+    if args.api:
+        api_seconds()  # warm-up
+        api = [api_seconds() for _ in range(args.repeats)]
+        median = {k: statistics.median(r[k] for r in api) for k in api[0]}
+        print(f"feature_maps API, per sequence incl. read and z-score (median of {args.repeats}): "
+              + ", ".join(f"{k} {v:.1f} s" for k, v in median.items()))
 
 
 if __name__ == "__main__":

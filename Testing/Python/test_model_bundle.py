@@ -57,3 +57,23 @@ def test_untrusted_types_are_refused_before_loading(tmp_path, tiny_model_dir):
 def test_missing_folder_is_named(tmp_path):
     with pytest.raises(ModelError, match="no model_card.json"):
         load_model(tmp_path / "nowhere")
+
+
+def test_background_load_verifies_first_and_predicts_the_same(bundle):
+    import numpy as np
+
+    eager = load_model(bundle)
+    lazy = load_model(bundle, background=True)
+    matrix = np.zeros((3, len(eager.input_features)))
+    np.testing.assert_array_equal(lazy.predict_matrix(matrix)[0], eager.predict_matrix(matrix)[0])
+    card = json.loads((bundle / "model_card.json").read_text())
+    card["input_features"] = card["input_features"][::-1]  # passes the card checks; caught when the file is read
+    (bundle / "model_card.json").write_text(json.dumps(card))
+    late = load_model(bundle, background=True)
+    with pytest.raises(ModelError, match="feature list in the model file differs"):
+        late.predict_matrix(matrix)
+    data = bytearray((bundle / "model.skops").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (bundle / "model.skops").write_bytes(bytes(data))
+    with pytest.raises(ModelError, match="does not match the sha256"):  # refused at once, not in the background
+        load_model(bundle, background=True)

@@ -13,7 +13,7 @@ import SimpleITK as sitk
 
 from KiMapLib.errors import GeometryError, KiMapError
 from KiMapLib.featuremaps import discretize, firstorder, glcm, params, texture
-from KiMapLib.featuremaps.kernels import angles, blocks, kernel_offsets, make_box
+from KiMapLib.featuremaps.kernels import angles, blocks, kernel_offsets, make_box, padded
 from KiMapLib.featuremaps.names import FEATURES, key, parse_features
 from KiMapLib.progress import ProgressCallback, report
 
@@ -218,10 +218,17 @@ def feature_arrays(image: sitk.Image, mask: sitk.Image, settings: dict | None = 
     threads = max(1, min(os.cpu_count() or 1, nb.config.NUMBA_NUM_THREADS))
     tex = [cls for cls in texture.CLASSES if cls in wanted]
     groups = {}
+    if lev_fo is lev:
+        flat_centres, flat_offs, valid_flat, lev_flat, vals_flat = padded(centers, offs, valid_u8, lev, vals)
+        lev_fo_flat = lev_flat
+    else:
+        flat_centres, flat_offs, valid_flat, lev_flat, vals_flat, lev_fo_flat = padded(centers, offs, valid_u8, lev,
+                                                                                      vals, lev_fo)
     if "firstorder" in wanted:
         fo_names = set(wanted["firstorder"])
         groups["firstorder"] = (firstorder.run, (
-            centers, valid_u8, lev_fo, vals, row, shift, offs, box.flat, box.size, maxlev, p.voxel_shift,
+            flat_centres, valid_flat, lev_fo_flat, vals_flat, row, shift, flat_offs, box.flat, box.size, maxlev,
+            p.voxel_shift,
             float(np.multiply.reduce(image.GetSpacing())), bool(fo_names & firstorder.SORTED),
             bool(fo_names & firstorder.MOMENTS)), len(FEATURES["firstorder"]))
     if tex:
@@ -229,7 +236,8 @@ def feature_arrays(image: sitk.Image, mask: sitk.Image, settings: dict | None = 
         run_angles = angles([1], bidirectional=False)
         in_box_order = np.argsort(box.flat, kind="stable")  # GLRLM's runs scan the kernel in box order
         groups["texture"] = (texture.run, (
-            centers, valid_u8, lev, row, shift, offs[in_box_order], box.flat[in_box_order], box_shape, pad, maxlev,
+            flat_centres, valid_flat, lev_flat, row, shift, flat_offs[in_box_order], box.flat[in_box_order], box_shape,
+            pad, maxlev,
             box.flat_offsets(cm_angles), box.flat_offsets(angles(p.distances, bidirectional=True)),
             box.flat_offsets(run_angles), run_angles,
             box.flat_offsets(angles([1], bidirectional=True)),

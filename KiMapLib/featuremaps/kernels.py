@@ -78,34 +78,49 @@ def kernel_offsets(kernel: str, spacing: Sequence[float], kernel_radius: int, ba
 @nb.njit(cache=True, nogil=True)
 def gather(c, centers, valid, lev, vals, row, shift, offs, flat, box_lev, xs, cells):
     """Copy the kernel of centre ``c`` into the box (grey levels; raw intensities into ``xs`` in kernel order unless
-    ``xs`` is empty); return the number of kernel voxels (listed in ``cells``)."""
-    ck = centers[c, 0]
-    cj = centers[c, 1]
-    ci = centers[c, 2]
-    nk, nj, ni = valid.shape
-    r = row[c]
+    ``xs`` is empty); return the number of kernel voxels (listed in ``cells``).
+
+    The volumes are flat and padded by the kernel's reach (see :func:`padded`): ``centers[c]`` is the centre's flat
+    index, ``offs`` the kernel's flat index offsets, ``valid``/``vals`` flat, ``lev[row]`` a flat level table. No
+    bounds checks and no branches: every offset is written, and counted only where valid."""
+    p0 = centers[c]
+    lev_r = lev[row[c]]
     s = shift[c]
     values = xs.shape[0] > 0
     n = 0
     for o in range(offs.shape[0]):
-        k = ck + offs[o, 0]
-        j = cj + offs[o, 1]
-        i = ci + offs[o, 2]
-        if 0 <= k < nk and 0 <= j < nj and 0 <= i < ni and valid[k, j, i]:
-            b = flat[o]
-            box_lev[b] = lev[r, k, j, i] - s
-            if values:
-                xs[n] = vals[k, j, i]
-            cells[n] = b
-            n += 1
+        p = p0 + offs[o]
+        v = valid[p]
+        b = flat[o]
+        box_lev[b] = (lev_r[p] - s) * v
+        if values:
+            xs[n] = vals[p]
+        cells[n] = b
+        n += v
     return n
+
+
+def padded(centers: np.ndarray, offs: np.ndarray, valid: np.ndarray, *volumes: np.ndarray):
+    """Flat, zero-padded copies for :func:`gather`: (centre flat indices, kernel flat offsets, valid, volumes...).
+
+    Each volume's last three axes are padded (only where a kernel reaches past them, e.g. at the image border), so
+    every kernel voxel of every centre lies inside the padded volume (invalid there)."""
+    low = np.maximum(-(centers.min(axis=0) + offs.min(axis=0)), 0)
+    high = np.maximum(centers.max(axis=0) + offs.max(axis=0) - (np.asarray(valid.shape) - 1), 0)
+    widths = [(int(a), int(b)) for a, b in zip(low, high, strict=True)]
+    valid_p = np.pad(valid, widths)
+    dims = valid_p.shape
+    flat_centres = np.ravel_multi_index(tuple((centers + low).T), dims).astype(np.int64)
+    flat_offs = (offs[:, 0] * dims[1] * dims[2] + offs[:, 1] * dims[2] + offs[:, 2]).astype(np.int64)
+    out = [np.pad(v, [(0, 0)] * (v.ndim - 3) + widths).reshape(*v.shape[:-3], -1) for v in volumes]
+    return (flat_centres, flat_offs, valid_p.reshape(-1), *out)
 
 
 @nb.njit(cache=True, nogil=True)
 def gather_compact(c, centers, valid, lev, row, shift, offs, flat, box, cells, lmap, glv, no_vals, no_xs):
     """Copy the kernel of centre ``c`` into the box as compact levels 1..m (``glv[:m]``: the sorted present grey
     levels; ``lmap[level]`` = compact index - 1, reset by the caller); returns (kernel voxels, m).
-    ``no_vals``/``no_xs``: placeholders (any float64 3D array / an empty array): intensities are not copied."""
+    ``no_vals``/``no_xs``: placeholders (any flat float64 array / an empty array): intensities are not copied."""
     n = gather(c, centers, valid, lev, no_vals, row, shift, offs, flat, box, no_xs, cells)
     if n == 0:
         return 0, 0

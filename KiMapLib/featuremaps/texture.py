@@ -55,7 +55,8 @@ def run(centers, valid, lev, row, shift, offs, flat, box_shape, pad, maxlev, cmo
     rcap = min(nmax * (maxrun + 1), nk * (nrun if neff_run == 1 else 1))
     for blk in range(len(bounds) - 1):
         box = np.zeros(box_size, np.int32)
-        no_vals = np.zeros((1, 1, 1), np.float64)
+        gbox = np.zeros(box_size if want_dep or want_ngt else 1, np.int32)  # grey levels (0 outside)
+        no_vals = np.zeros(1, np.float64)
         no_xs = np.zeros(0, np.float64)
         cells = np.zeros(nk, np.int64)
         lmap = np.zeros(maxlev + 2, np.int64)
@@ -154,13 +155,15 @@ def run(centers, valid, lev, row, shift, offs, flat, box_shape, pad, maxlev, cmo
                     ln[q] = nl
             if want_dep or want_ngt:  # voxel-major: the neighbourhood sums stay in registers
                 for t in range(n):
+                    gbox[cells[t]] = glz[cvals[t]]
+                for t in range(n):
                     b = cells[t]
-                    gv = glz[cvals[t]]
+                    gv = gbox[b]
                     count = 0
                     total = 0
                     dep = 0
                     for q in range(nboff.shape[0]):
-                        g2 = glz[box[b + nboff[q]]]
+                        g2 = gbox[b + nboff[q]]
                         inside = g2 > 0
                         count += inside
                         total += g2
@@ -214,3 +217,5 @@ def run(centers, valid, lev, row, shift, offs, flat, box_shape, pad, maxlev, cmo
                 glszm.features(zone_g, zone_s, nz, n, m, glv, pg, ps, keys, out, BASE[2], c)
             reset_levels(lmap, glv, m)
             clear(box, cells, n)
+            if want_dep or want_ngt:
+                clear(gbox, cells, n)

@@ -39,7 +39,7 @@ bench: $(STAMP)
 	for r in 1 2 3; do $(PY) -m KiMapLib bench-maps --image ../shared/data/tcga-du-7294/t1c.nii.gz --zscore \
 	  --mask ../shared/data/tcga-du-7294/tumor_seg_isen20.nii.gz --kernel-radius $$r --json $(OUT)/bench/tcga_r$$r.json \
 	  || exit 1; done
-	$(PY) Testing/Python/bench_tcga_map.py
+	$(PY) Testing/Python/bench_tcga_map.py --slicer
 
 clean:
 	rm -rf $(OUT) .pytest_cache .ruff_cache

@@ -314,7 +314,6 @@ NEED_IMC = 2  # Imc1, Imc2: HX, HY, HXY1, HXY2
 NEED_DIFF = 4  # the features of p_(x-y)
 NEED_SUM = 8  # the features of p_(x+y)
 NEED_MCC = 16
-NEED_ALL = 31
 _GROUPS = {NEED_ENTROPY: ("JointEntropy", "Imc1", "Imc2"), NEED_IMC: ("Imc1", "Imc2"),
            NEED_DIFF: ("DifferenceAverage", "DifferenceEntropy", "DifferenceVariance", "Idm", "Idmn", "Id", "Idn",
                        "InverseVariance"),

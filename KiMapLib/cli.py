@@ -65,6 +65,21 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def run() -> None:
+    """The ``kimap`` executable: :func:`main`, then exit at once once every output is flushed.
+
+    The interpreter's own teardown (numba's compiled code, the scientific modules) takes about half a second after
+    the work is done and written; ``os._exit`` skips it. Files are closed by the commands themselves."""
+    import logging
+    import os
+
+    code = main()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 def existing_file(text: str) -> Path:
     path = Path(text)
     if not path.exists():

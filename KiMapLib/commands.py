@@ -158,12 +158,14 @@ def _table_settings(path: Path) -> ExtractionSettings:
 def run_map(args: argparse.Namespace) -> int:
     from KiMapLib.cli import print_json, progress_bar
     from KiMapLib.extraction import biopsy_voxel
+    from KiMapLib.featuremaps import warm_up
     from KiMapLib.mapping import compute_map, write_map
     from KiMapLib.model_bundle import load_model
     from KiMapLib.plots import pyplot
 
-    # skops (reading the model) and matplotlib (the overlay) take seconds to import: both load in the background
-    # while the volumes are read and the features computed; the model file is verified before anything runs
+    # the compiled feature kernels, skops (reading the model) and matplotlib (the overlay) take about a second each
+    # to load: all load in the background while the volumes are read; the model file is verified before anything runs
+    threading.Thread(target=warm_up, name="kimap-kernels", daemon=True).start()
     model = load_model(args.model, background=True)
     threading.Thread(target=pyplot, name="kimap-pyplot", daemon=True).start()
     volumes = read_volumes(parse_volume_args(args.volume))

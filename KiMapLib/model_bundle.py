@@ -150,8 +150,9 @@ class KiMapModel:
 def save_bundle(pipeline: object, card: dict, out_dir: str | Path, extra_files: dict[str, bytes] | None = None
                 ) -> Path:
     """Write ``model.skops`` and ``model_card.json`` (with the file's sha256) atomically into ``out_dir``."""
-    import skops.io as sio
+    from KiMapLib.skops_import import import_skops_io
 
+    sio = import_skops_io()
     with atomic_directory(out_dir, CARD_FILE, "model bundle") as staging:
         sio.dump({"pipeline": pipeline, "input_features": list(card["input_features"])}, staging / MODEL_FILE)
         card = dict(card, model_file={"path": MODEL_FILE, "sha256": sha256_of(staging / MODEL_FILE),
@@ -204,7 +205,7 @@ def load_model(path: str | Path | None = None, background: bool = False) -> KiMa
     """Load and verify a bundle folder (or the packaged default). Raises ModelError naming the problem.
 
     ``background``: the card, the file's sha256 and its type allow-list are checked now, and the verified file is
-    read by skops in a background thread (importing skops takes seconds); the first prediction waits for it."""
+    read by skops in a background thread (importing skops takes a second or more); the first prediction waits for it."""
     entry = None
     if path is None:
         entry = next((e for e in registry() if e.get("default")), None)
@@ -246,7 +247,9 @@ def load_model(path: str | Path | None = None, background: bool = False) -> KiMa
 
 def _read_pipeline(model_path: Path, card: dict, where: str) -> object:
     """The fitted pipeline of a verified model file (skops, allow-listed types only), checked against its card."""
-    import skops.io as sio
+    from KiMapLib.skops_import import import_skops_io
+
+    sio = import_skops_io()
 
     try:
         content = sio.load(model_path, trusted=sorted(sio.get_untrusted_types(file=model_path)))

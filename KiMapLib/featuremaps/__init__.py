@@ -14,11 +14,12 @@ from collections.abc import Iterable
 import numpy as np
 import SimpleITK as sitk
 
-from KiMapLib.featuremaps.engine import FeatureArrays, feature_arrays, region_features
+from KiMapLib.featuremaps.engine import FeatureArrays, feature_arrays, region_features, warm_up
 from KiMapLib.featuremaps.names import ALL_KEYS, CLASSES, FEATURES
 from KiMapLib.progress import ProgressCallback
 
-__all__ = ["ALL_KEYS", "CLASSES", "FEATURES", "FeatureArrays", "feature_arrays", "feature_maps", "region_features"]
+__all__ = ["ALL_KEYS", "CLASSES", "FEATURES", "FeatureArrays", "feature_arrays", "feature_maps", "region_features",
+           "warm_up"]
 
 
 def feature_maps(image: sitk.Image, mask: sitk.Image, settings: dict | None = None,

@@ -14,6 +14,7 @@ import numpy as np
 
 from KiMapLib.featuremaps import glcm, gldm, glrlm, glszm, ngtdm
 from KiMapLib.featuremaps.kernels import clear, gather_compact, reset_levels
+from KiMapLib.featuremaps.neighbour_sums import neighbour_sums
 
 #: Classes of this pass and their first row in its output (rows in ``names.FEATURES`` order).
 CLASSES = ("glcm", "glrlm", "glszm", "gldm", "ngtdm")
@@ -24,13 +25,14 @@ ROWS = int(sum(SIZES))
 
 @nb.njit(cache=True, nogil=True)
 def run(centers, valid, lev, row, shift, offs, flat, box_shape, pad, maxlev, cmoff, nboff, runoff, run_angles, zoff,
-        cm_weights, run_weights, symmetric, ng_global, mdim_global, cm_need, alpha, want, bounds, out):
+        cm_weights, run_weights, symmetric, ng_global, mdim_global, cm_need, alpha, separable, want, bounds, out):
     """Texture features of the centres ``bounds[0]..bounds[-1]`` into ``out[ROWS, centres]``.
 
     ``cmoff``: flat box offsets (all > 0) of the mono-directional angles at ``distances`` (GLCM matrices);
     ``nboff``: the same both ways (GLDM and NGTDM neighbours); ``runoff``: those of the distance-1 angles (GLRLM,
     whose (dk, dj, di) are ``run_angles``).
     ``want``: compute flags per class of ``CLASSES``; ``cm_need``: the GLCM feature groups (``glcm.needs``).
+    ``separable``: ``nboff`` is the 26-neighbourhood and ``alpha`` 0: GLDM/NGTDM sums by :mod:`neighbour_sums`.
     ``offs``/``flat`` list the kernel in increasing box order (GLRLM's runs need it)."""
     nk = offs.shape[0]
     ncm = cmoff.shape[0]
@@ -111,6 +113,9 @@ def run(centers, valid, lev, row, shift, offs, flat, box_shape, pad, maxlev, cmo
         ncount = np.zeros(nk, np.int64)
         ntotal = np.zeros(nk, np.int64)
         ndep = np.zeros(nk, np.int64)
+        nsx = np.zeros(box_size if separable and (want_dep or want_ngt) else 1, np.int64)
+        nsa = np.zeros(box_shape[1] * box_shape[2] if separable and (want_dep or want_ngt) else 1, np.int64)
+        nsb = np.zeros_like(nsx)
         ni = np.zeros(nmax, np.float64)
         si = np.zeros(nmax, np.float64)
         pi = np.zeros(nmax, np.float64)
@@ -153,9 +158,12 @@ def run(centers, valid, lev, row, shift, offs, flat, box_shape, pad, maxlev, cmo
                             nl += (old == 0) & (cn > 0)
                             cnt_q[x] = old + 1
                     ln[q] = nl
-            if want_dep or want_ngt:  # voxel-major: the neighbourhood sums stay in registers
+            if want_dep or want_ngt:
                 for t in range(n):
                     gbox[cells[t]] = glz[cvals[t]]
+            if separable and (want_dep or want_ngt):
+                neighbour_sums(gbox, box, cells, n, shp, m, want_ngt, want_dep, nsx, nsa, nsb, ncount, ntotal, ndep)
+            elif want_dep or want_ngt:  # voxel-major: the neighbourhood sums stay in registers
                 for t in range(n):
                     b = cells[t]
                     gv = gbox[b]

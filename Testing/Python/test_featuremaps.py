@@ -237,3 +237,31 @@ def test_bench_maps_cli_smoke(tmp_path):
 
     result = json.loads(out.read_text())
     assert code == 0 and result["agree"] and result["all_classes"]["engine_voxels_per_s"] > 0
+
+
+@pytest.mark.parametrize("levels", [5, 30])
+def test_neighbour_sums_equal_brute_force(levels):
+    """Separable 3x3x3 sums (one and three rounds of packed level counts) equal the 26-neighbour loop."""
+    from KiMapLib.featuremaps.kernels import make_box
+    from KiMapLib.featuremaps.neighbour_sums import neighbour_sums
+    from KiMapLib.neighbourhood import ball_offsets
+
+    rng = np.random.default_rng(levels)
+    box = make_box(np.asarray(ball_offsets((1.0, 1.0, 1.0), 3.0), np.int64), 1)
+    cells = np.sort(box.flat[rng.random(len(box.flat)) < 0.8])
+    compact = np.zeros(box.size, np.int32)
+    compact[cells] = rng.integers(1, levels + 1, len(cells))
+    grey = np.where(compact > 0, 3 * compact + 7, 0).astype(np.int32)
+    n = len(cells)
+    count, total, equal = (np.zeros(n, np.int64) for _ in range(3))
+    shape = box.shape
+    neighbour_sums(grey, compact, cells, n, shape, levels, True, True, np.zeros(box.size, np.int64),
+                   np.zeros(shape[1] * shape[2], np.int64), np.zeros(box.size, np.int64), count, total, equal)
+    g = grey.reshape(shape)
+    for t, c in enumerate(cells):
+        k, j, i = np.unravel_index(c, shape)
+        hood = g[k - 1:k + 2, j - 1:j + 2, i - 1:i + 2].ravel()
+        hood = np.delete(hood, 13)
+        assert count[t] == (hood > 0).sum()
+        assert total[t] == hood.sum()
+        assert equal[t] == (hood == g[k, j, i]).sum()

@@ -77,3 +77,35 @@ def test_background_load_verifies_first_and_predicts_the_same(bundle):
     (bundle / "model.skops").write_bytes(bytes(data))
     with pytest.raises(ModelError, match="does not match the sha256"):  # refused at once, not in the background
         load_model(bundle, background=True)
+
+
+def test_fast_skops_import_gives_skops_its_own_trusted_lists():
+    """KiMap imports skops.io with a faster module search (skops_import); skops' default trusted-type lists come out
+    exactly as with a plain import (both imported in fresh processes after numpy, scipy, sklearn and SimpleITK)."""
+    import subprocess
+    import sys
+
+    script = ("import json, sys, numpy, scipy.special, sklearn.linear_model, SimpleITK\n"
+              "from KiMapLib.skops_import import import_skops_io\n"
+              "import_skops_io() if sys.argv[1] == 'fast' else __import__('skops.io')\n"
+              "from skops.io import _trusted_types as t, _utils as u\n"
+              "assert u.whichmodule.__module__.startswith('skops'), 'whichmodule not restored'\n"
+              "print(json.dumps({k: getattr(t, k) for k in dir(t) if k.endswith('_NAMES')}, sort_keys=True))\n")
+    lists = [json.loads(subprocess.run([sys.executable, "-c", script, how], capture_output=True, text=True,
+                                       check=True).stdout) for how in ("plain", "fast")]
+    assert lists[0] == lists[1]
+    assert len(lists[0]["SCIPY_UFUNC_TYPE_NAMES"]) > 100
+
+
+def test_fast_whichmodule_equals_skops_whichmodule():
+    import numpy as np
+    import scipy.special
+    from skops.io._utils import whichmodule
+
+    from KiMapLib.skops_import import fast_whichmodule
+
+    objects = [getattr(scipy.special, n) for n in dir(scipy.special)[:80]] + [np.add, np.ufunc, json.dumps]
+    for obj in objects:
+        name = getattr(obj, "__name__", None)
+        if name:
+            assert fast_whichmodule(obj, name) == whichmodule(obj, name)

@@ -7,6 +7,7 @@ match the card's.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import zipfile
@@ -88,15 +89,23 @@ def card_schema() -> dict:
     return json.loads((resources_dir() / "model_card.schema.json").read_text())
 
 
-def validate_card(card: dict, where: str) -> None:
-    import jsonschema
+@functools.cache
+def _card_validator():
+    """A validator of KiMap's own card schema (checked by the tests, so not re-checked on every load)."""
+    from jsonschema.validators import validator_for
 
-    try:
-        jsonschema.validate(card, card_schema())
-    except jsonschema.ValidationError as error:
+    schema = card_schema()
+    return validator_for(schema)(schema)
+
+
+def validate_card(card: dict, where: str) -> None:
+    from jsonschema.exceptions import best_match
+
+    error = best_match(_card_validator().iter_errors(card))
+    if error is not None:
         location = "/".join(str(p) for p in error.absolute_path) or "(top level)"
         raise ModelError(f"model card does not match the KiMap schema at {location}: {error.message}",
-                         input_name=where, hint="use a bundle written by `kimap train`") from None
+                         input_name=where, hint="use a bundle written by `kimap train`")
 
 
 @dataclass

@@ -12,7 +12,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from KiMapLib.errors import GeometryError, KiMapError
-from KiMapLib.featuremaps import discretize, firstorder, glcm, params, texture
+from KiMapLib.featuremaps import discretize, firstorder, glcm, glrlm, params, texture
 from KiMapLib.featuremaps.kernels import angles, blocks, kernel_offsets, make_box, padded
 from KiMapLib.featuremaps.names import FEATURES, key, parse_features
 from KiMapLib.progress import ProgressCallback, report
@@ -254,7 +254,8 @@ def feature_arrays(image: sitk.Image, mask: sitk.Image, settings: dict | None = 
             box.flat_offsets(angles([1], bidirectional=True)),
             _glcm_weights(cm_angles, spacing_kji, p.weighting, run_length=False),
             _glcm_weights(run_angles, spacing_kji, p.weighting, run_length=True), p.symmetric, ng_global,
-            mdim_global, glcm.needs(wanted.get("glcm", ())), int(p.gldm_a),
+            mdim_global, glcm.needs(wanted.get("glcm", ())), glrlm.needs_entries(wanted.get("glrlm", ())),
+            int(p.gldm_a),
             tuple(sorted(set(p.distances))) == (1,) and (int(p.gldm_a) == 0 or "gldm" not in wanted),
             np.array([cls in wanted for cls in texture.CLASSES], np.bool_)), texture.ROWS)
 

@@ -123,19 +123,131 @@ def _features(P, eg, el, ne, m, maxl, glv, pr, pg, lt, res):
     return True
 
 
+#: Features that need a pass over the matrix entries (the rest come from the per-level and per-length sums).
+ENTRY_FEATURES = frozenset({"RunEntropy", "ShortRunLowGrayLevelEmphasis", "ShortRunHighGrayLevelEmphasis",
+                            "LongRunLowGrayLevelEmphasis", "LongRunHighGrayLevelEmphasis"})
+
+
+def needs_entries(names) -> bool:
+    return bool(ENTRY_FEATURES & set(names))
+
+
 @nb.njit(cache=True, nogil=True)
-def finish(box, cells, n, shape, pad, rang, Pa, stride, maxla, m, weights, P, eg, el, ne, glv, pr, pg, lt, res, acc,
-           accn, out, base, c):
+def _angle_counts(pa, stride, top, m, glv, ig2, il2, pr, pg, lt, entries, res):
+    """Features of one angle's integer run counts ``pa[g * stride + length]`` (reset here), in one pass over the
+    counts: per-level and per-length sums, and (``entries``) the entropy and the four joint emphases; their terms
+    use the reciprocal tables ``ig2`` (1 / level^2) and ``il2`` (1 / length^2) instead of divisions."""
+    for ln in range(1, top + 1):
+        pr[ln] = 0.0
+    nr = 0.0
+    vlog = srlg = srhg = lrlg = lrhg = 0.0
+    for g in range(m):
+        row = g * stride
+        total = 0.0
+        if entries:
+            gf = float(glv[g])
+            g2 = gf * gf
+            low = high = 0.0  # sums over lengths of v / l^2 and v l^2
+            for ln in range(1, top + 1):
+                v = pa[row + ln]
+                if v != 0:
+                    pa[row + ln] = 0
+                    vf = float(v)
+                    total += vf
+                    pr[ln] += vf
+                    vlog += vf * lt[v]
+                    low += vf * il2[ln]
+                    high += vf * float(ln * ln)
+            srlg += low * ig2[g]
+            srhg += low * g2
+            lrlg += high * ig2[g]
+            lrhg += high * g2
+        else:
+            for ln in range(1, top + 1):
+                v = pa[row + ln]
+                if v != 0:
+                    pa[row + ln] = 0
+                    total += float(v)
+                    pr[ln] += float(v)
+        pg[g] = total
+        nr += total
+    sre = lre = rln = np_ = 0.0
+    for ln in range(1, top + 1):
+        v = pr[ln]
+        lf = float(ln)
+        sre += v * il2[ln]
+        lre += v * lf * lf
+        rln += v * v
+        np_ += v * lf
+    gln = lgl = hgl = ui = 0.0
+    for g in range(m):
+        v = pg[g]
+        gf = float(glv[g])
+        gln += v * v
+        lgl += v * ig2[g]
+        hgl += v * gf * gf
+        ui += v * gf
+    ui /= nr
+    glvar = 0.0
+    for g in range(m):
+        dg = glv[g] - ui
+        glvar += pg[g] * dg * dg
+    uj = np_ / nr
+    rv = 0.0
+    for ln in range(1, top + 1):
+        dl = ln - uj
+        rv += pr[ln] * dl * dl
+    res[0] = sre / nr
+    res[1] = lre / nr
+    res[2] = gln / nr
+    res[3] = gln / (nr * nr)
+    res[4] = rln / nr
+    res[5] = rln / (nr * nr)
+    res[6] = nr / np_
+    res[7] = glvar / nr
+    res[8] = rv / nr
+    res[9] = np.log2(nr) - vlog / nr if entries else np.nan
+    res[10] = lgl / nr
+    res[11] = hgl / nr
+    res[12] = srlg / nr if entries else np.nan
+    res[13] = srhg / nr if entries else np.nan
+    res[14] = lrlg / nr if entries else np.nan
+    res[15] = lrhg / nr if entries else np.nan
+
+
+@nb.njit(cache=True, nogil=True)
+def finish(box, cells, n, shape, pad, rang, Pa, stride, maxla, m, weights, P, eg, el, ne, glv, pr, pg, lt, ig2, il2,
+           entries, res, acc, accn, out, base, c):
     """Features from the per-angle run counts ``Pa[r, g * stride + length]`` (reset here) of one kernel.
 
     An angle whose longest run is 1 and whose lines all hold at most one kernel voxel is dropped (pyradiomics'
-    "2D for this angle"); ``weights`` non-empty: the angles are summed with these weights into one matrix."""
+    "2D for this angle"); ``weights`` non-empty: the angles are summed with these weights into one matrix.
+    ``entries``: the features of ``ENTRY_FEATURES`` are wanted (unweighted only; else they are NaN)."""
     nrun = rang.shape[0]
-    neff = 1 if weights.shape[0] > 0 else nrun
-    maxl = 1
+    if weights.shape[0] == 0:  # angles averaged: each angle's features straight from its integer counts
+        for g in range(m):
+            ig2[g] = 1.0 / (float(glv[g]) * float(glv[g]))
+        for f in range(NF):
+            acc[f] = 0.0
+            accn[f] = 0.0
+        for a in range(nrun):
+            top = maxla[a]
+            maxla[a] = 1
+            if top > 1 or _multi_element(box, cells, n, rang[a, 0], rang[a, 1], rang[a, 2], shape, pad):
+                _angle_counts(Pa[a], stride, top, m, glv, ig2, il2, pr, pg, lt, entries, res)
+                for f in range(NF):
+                    if not np.isnan(res[f]):
+                        acc[f] += res[f]
+                        accn[f] += 1.0
+            else:
+                for g in range(m):
+                    Pa[a, g * stride + 1] = 0
+        for f in range(NF):
+            out[base + f, c] = acc[f] / accn[f] if accn[f] > 0 else np.nan
+        return
+    maxl = 1  # weighted: the angles summed into one matrix P[0]
     for a in range(nrun):
-        e = 0 if neff == 1 else a
-        w = weights[a] if neff == 1 else 1.0
+        w = weights[a]
         top = maxla[a]
         multi = top > 1 or _multi_element(box, cells, n, rang[a, 0], rang[a, 1], rang[a, 2], shape, pad)
         for g in range(m):
@@ -144,25 +256,17 @@ def finish(box, cells, n, shape, pad, rang, Pa, stride, maxla, m, weights, P, eg
                 if v != 0:
                     Pa[a, g * stride + ln] = 0
                     if multi:
-                        if P[e, g, ln] == 0.0:
-                            eg[e, ne[e]] = g
-                            el[e, ne[e]] = ln
-                            ne[e] += 1
-                        P[e, g, ln] += w * v
+                        if P[0, g, ln] == 0.0:
+                            eg[0, ne[0]] = g
+                            el[0, ne[0]] = ln
+                            ne[0] += 1
+                        P[0, g, ln] += w * v
         if multi and top > maxl:
             maxl = top
         maxla[a] = 1
+    ok = _features(P[0], eg[0], el[0], ne[0], m, maxl, glv, pr, pg, lt, res)
+    for t in range(ne[0]):
+        P[0, eg[0, t], el[0, t]] = 0.0
+    ne[0] = 0
     for f in range(NF):
-        acc[f] = 0.0
-        accn[f] = 0.0
-    for e in range(neff):
-        if _features(P[e], eg[e], el[e], ne[e], m, maxl, glv, pr, pg, lt, res):
-            for f in range(NF):
-                if not np.isnan(res[f]):
-                    acc[f] += res[f]
-                    accn[f] += 1.0
-        for t in range(ne[e]):
-            P[e, eg[e, t], el[e, t]] = 0.0
-        ne[e] = 0
-    for f in range(NF):
-        out[base + f, c] = acc[f] / accn[f] if accn[f] > 0 else np.nan
+        out[base + f, c] = res[f] if ok else np.nan

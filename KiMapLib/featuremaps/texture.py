@@ -25,13 +25,15 @@ ROWS = int(sum(SIZES))
 
 @nb.njit(cache=True, nogil=True)
 def run(centers, valid, lev, row, shift, offs, flat, box_shape, pad, maxlev, cmoff, nboff, runoff, run_angles, zoff,
-        cm_weights, run_weights, symmetric, ng_global, mdim_global, cm_need, alpha, separable, want, bounds, out):
+        cm_weights, run_weights, symmetric, ng_global, mdim_global, cm_need, run_entries, alpha, separable, want,
+        bounds, out):
     """Texture features of the centres ``bounds[0]..bounds[-1]`` into ``out[ROWS, centres]``.
 
     ``cmoff``: flat box offsets (all > 0) of the mono-directional angles at ``distances`` (GLCM matrices);
     ``nboff``: the same both ways (GLDM and NGTDM neighbours); ``runoff``: those of the distance-1 angles (GLRLM,
     whose (dk, dj, di) are ``run_angles``).
-    ``want``: compute flags per class of ``CLASSES``; ``cm_need``: the GLCM feature groups (``glcm.needs``).
+    ``want``: compute flags per class of ``CLASSES``; ``cm_need``: the GLCM feature groups (``glcm.needs``);
+    ``run_entries``: GLRLM features of ``glrlm.ENTRY_FEATURES`` are wanted.
     ``separable``: ``nboff`` is the 26-neighbourhood and ``alpha`` 0: GLDM/NGTDM sums by :mod:`neighbour_sums`.
     ``offs``/``flat`` list the kernel in increasing box order (GLRLM's runs need it)."""
     nk = offs.shape[0]
@@ -47,14 +49,14 @@ def run(centers, valid, lev, row, shift, offs, flat, box_shape, pad, maxlev, cmo
     shp = (box_shape[0], box_shape[1], box_shape[2])
     want_cm, want_run, want_zone, want_dep, want_ngt = want[0], want[1], want[2], want[3], want[4]
     neff_cm = 1 if cm_weights.shape[0] > 0 else max(ncm, 1)
-    neff_run = 1 if run_weights.shape[0] > 0 else max(nrun, 1)
+    weighted_run = run_weights.shape[0] > 0  # GLRLM angles summed into one matrix (else averaged from counts)
     # log2 table of integer counts, for unweighted matrices (both weight sets come from weightingNorm): a GLCM holds
     # at most 2 x kernel size pairs, a GLRLM at most one run per kernel voxel
     lt = np.zeros(0, np.float64)
     if cm_weights.shape[0] == 0:
         lt = np.log2(np.maximum(np.arange(2 * nk + 2), 1).astype(np.float64))
     cap = min(nmax * nmax, nk * (ncm if neff_cm == 1 else 1))  # entries of one matrix (symmetric: upper triangle)
-    rcap = min(nmax * (maxrun + 1), nk * (nrun if neff_run == 1 else 1))
+    rcap = min(nmax * (maxrun + 1), nk * nrun) if weighted_run else 1
     for blk in range(len(bounds) - 1):
         box = np.zeros(box_size, np.int32)
         gbox = np.zeros(box_size if want_dep or want_ngt else 1, np.int32)  # grey levels (0 outside)
@@ -93,11 +95,13 @@ def run(centers, valid, lev, row, shift, offs, flat, box_shape, pad, maxlev, cmo
         runlen = np.zeros((max(nrun, 1), box_size if want_run else 1), np.int32)
         Pa = np.zeros((max(nrun, 1), nmax * (maxrun + 1) if want_run else 1), np.int32)
         maxla = np.ones(max(nrun, 1), np.int64)
-        Pr = np.zeros((neff_run, nmax, maxrun + 1) if want_run else (1, 1, 1), np.float64)
-        eg = np.zeros((neff_run, rcap), np.int64)
-        el = np.zeros((neff_run, rcap), np.int64)
-        ne = np.zeros(neff_run, np.int64)
+        Pr = np.zeros((1, nmax, maxrun + 1) if want_run and weighted_run else (1, 1, 1), np.float64)
+        eg = np.zeros((1, rcap), np.int64)
+        el = np.zeros((1, rcap), np.int64)
+        ne = np.zeros(1, np.int64)
         pr = np.zeros(maxrun + 1, np.float64)
+        ig2 = np.zeros(nmax, np.float64)
+        il2 = 1.0 / np.maximum(np.arange(maxrun + 1), 1).astype(np.float64) ** 2
         # GLSZM
         stack = np.zeros(nk, np.int64)
         zone_g = np.zeros(nk, np.int64)
@@ -215,7 +219,7 @@ def run(centers, valid, lev, row, shift, offs, flat, box_shape, pad, maxlev, cmo
                             res, acc, accn, out, BASE[0], c)
             if want_run:
                 glrlm.finish(box, cells, n, shp, pad, run_angles, Pa, maxrun + 1, maxla, m, run_weights, Pr, eg, el,
-                             ne, glv, pr, pgr, lt, res, acc, accn, out, BASE[1], c)
+                             ne, glv, pr, pgr, lt, ig2, il2, run_entries, res, acc, accn, out, BASE[1], c)
             if want_dep:
                 gldm.features(Pd, pd, pg, m, maxd, n, glv, out, BASE[3], c)
             if want_ngt:

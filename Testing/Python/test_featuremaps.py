@@ -157,12 +157,13 @@ def test_maps_full_geometry_nan_outside_and_subset(brain_crop):
 
 
 @pytest.mark.parametrize("symmetric", [True, False])
-def test_glcm_feature_alone_equals_full_request(brain_crop, symmetric):
-    """Requesting a few GLCM features computes only their groups (glcm.needs): values are unchanged."""
+def test_feature_alone_equals_full_request(brain_crop, symmetric):
+    """Requesting one GLCM or GLRLM feature computes only its groups (glcm.needs, glrlm.needs_entries): values
+    are unchanged."""
     image, mask = brain_crop
     settings = {"binWidth": 25, "ballRadius": 2.0, "symmetricalGLCM": symmetric}
     full = feature_arrays(image, mask, settings, features=None, kernel="ball")
-    for name in [k for k in ALL_KEYS if "_glcm_" in k]:
+    for name in [k for k in ALL_KEYS if "_glcm_" in k or "_glrlm_" in k]:
         alone = feature_arrays(image, mask, settings, features=[name], kernel="ball")
         np.testing.assert_array_equal(alone.values[0], full.values[full.keys.index(name)], err_msg=name)
 

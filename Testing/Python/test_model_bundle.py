@@ -109,3 +109,12 @@ def test_fast_whichmodule_equals_skops_whichmodule():
         name = getattr(obj, "__name__", None)
         if name:
             assert fast_whichmodule(obj, name) == whichmodule(obj, name)
+
+
+def test_card_schema_is_a_valid_json_schema():
+    from jsonschema.validators import validator_for
+
+    from KiMapLib.model_bundle import card_schema
+
+    schema = card_schema()
+    validator_for(schema).check_schema(schema)

@@ -27,7 +27,7 @@ def foreground_mask(t1c: sitk.Image) -> np.ndarray:
 
 def zscore(image: sitk.Image, foreground: np.ndarray, scale: float, name: str) -> sitk.Image:
     """``scale * (x - mean) / std`` with mean and std taken inside the foreground; background set to 0."""
-    values = sitk.GetArrayFromImage(image).astype(np.float64)
+    values = sitk.GetArrayViewFromImage(image).astype(np.float64)  # one copy, converted on the way
     inside = values[foreground]
     std = inside.std()
     if not np.isfinite(std) or std <= 0:

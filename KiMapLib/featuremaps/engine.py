@@ -48,9 +48,10 @@ class FeatureArrays:
 
 
 @nb.njit(cache=True, nogil=True)
-def _kernel_stats(centers, valid, vals, offs, count, minimum):
+def _kernel_stats(centers, valid, vals, offs, count, minimum, bounds):
+    """Kernel voxel count and minimum intensity of the centres ``bounds[0]..bounds[1]``."""
     nk, nj, ni = valid.shape
-    for c in range(centers.shape[0]):
+    for c in range(bounds[0], bounds[1]):
         n = 0
         lo = np.inf
         for o in range(offs.shape[0]):
@@ -192,8 +193,13 @@ def feature_arrays(image: sitk.Image, mask: sitk.Image, settings: dict | None = 
     count = np.zeros(n, np.int64)
     minimum = np.zeros(n, np.float64)
     valid_u8 = valid.astype(np.uint8)
-    if kernel == "ball" or min_kernel_voxels > 1:  # per-ball minima (discretization) / kernel sizes
-        _kernel_stats(centers, valid_u8, vals, offs, count, minimum)
+    threads = max(1, min(os.cpu_count() or 1, nb.config.NUMBA_NUM_THREADS))
+    if kernel == "ball" or min_kernel_voxels > 1:  # per-ball minima (discretization) / kernel sizes, on all cores
+        edges = blocks(n, threads)
+        with ThreadPoolExecutor(threads) as pool:
+            for job in [pool.submit(_kernel_stats, centers, valid_u8, vals, offs, count, minimum, edges[t:t + 2].copy())
+                        for t in range(len(edges) - 1)]:
+                job.result()
 
     # discretization
     ng_global = mdim_global = 0
@@ -226,7 +232,6 @@ def feature_arrays(image: sitk.Image, mask: sitk.Image, settings: dict | None = 
     pad = max(max(p.distances), 1)
     box = make_box(offs, pad)
     box_shape = np.asarray(box.shape, dtype=np.int64)
-    threads = max(1, min(os.cpu_count() or 1, nb.config.NUMBA_NUM_THREADS))
     tex = [cls for cls in texture.CLASSES if cls in wanted]
     groups = {}
     if lev_fo is lev:

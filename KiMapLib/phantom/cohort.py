@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
-from scipy import ndimage
 
 from KiMapLib import __version__
 from KiMapLib.biopsies import Biopsy, write_biopsies_csv
@@ -106,6 +105,8 @@ def _place_biopsies(rng: np.random.Generator, label: np.ndarray, depth: np.ndarr
                     reference: sitk.Image, patient_id: str, covariates: dict[str, object]
                     ) -> tuple[list[Biopsy], list[str]]:
     """3-10 biopsies inside the tumour label, >= 6 mm apart, with ki67 = specimen mean + noise."""
+    from scipy import ndimage  # imported on use: the other kimap commands never need it
+
     spacing_kji = np.array(reference.GetSpacing())[::-1]
     # distance (mm) to the necrotic core, computed in the tumour's bounding box only
     tumour = np.argwhere(label > 0)

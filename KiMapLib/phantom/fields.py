@@ -11,7 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy import ndimage
 
 #: Spacing (mm) of the anatomy lattice on which the continuous fields are evaluated.
 LATTICE_MM = 1.0
@@ -85,6 +84,8 @@ def smooth_field(rng: np.random.Generator, shape: tuple[int, ...], sigma_mm: flo
     Large scales are drawn on a coarse lattice and interpolated (fast); the result depends only on the
     generator state and the lattice shape.
     """
+    from scipy import ndimage  # imported on use: the other kimap commands never need it
+
     step = max(1, int(sigma_mm / 1.5))
     coarse_shape = tuple(int(np.ceil(s / step)) + 2 for s in shape) if step > 1 else tuple(shape)
     noise = rng.standard_normal(coarse_shape, dtype=np.float32)

@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import SimpleITK as sitk
-from scipy import ndimage
 
 from KiMapLib.phantom.fields import LATTICE_MM
 
@@ -153,6 +152,8 @@ def slice_profile_sigma(reference: sitk.Image) -> np.ndarray:
 def sample(array_xyz: np.ndarray, origin: np.ndarray, reference: sitk.Image, *, nearest: bool = False,
            blur: np.ndarray | None = None) -> np.ndarray:
     """Sample a lattice field at the reference grid's voxel centres; returns a [k, j, i] array."""
+    from scipy import ndimage  # imported on use: the other kimap commands never need it
+
     if blur is not None and np.any(blur > 0.1):
         array_xyz = ndimage.gaussian_filter(array_xyz, blur / LATTICE_MM, mode="nearest", truncate=3.0)
     image = lattice_image(array_xyz, origin)

@@ -20,8 +20,6 @@ import numpy as np
 import SimpleITK as sitk
 
 from KiMapLib.errors import KiMapError
-from KiMapLib.featuremaps import FEATURES, feature_arrays
-from KiMapLib.featuremaps.names import CLASSES
 
 #: Smallest per-voxel pyradiomics time (s) that is reported as a rate.
 MIN_SECONDS = 0.2
@@ -111,6 +109,8 @@ def _reference(image, mask, settings, voxels, seed):
 
     The fixed cost of a call (loading, cropping, binning: ~2 s on a 240x240x155 volume) is measured with a 1-voxel
     run and subtracted, so the rate is pyradiomics' per-voxel speed — the most favourable measure for pyradiomics."""
+    from KiMapLib.featuremaps import CLASSES  # the engine (numba) loads when a command runs, not when kimap starts
+
     rates, fixed = {}, {}
     maps = chosen = None
     for group in [*([c] for c in CLASSES), list(CLASSES)]:
@@ -152,6 +152,8 @@ def _agreement(image, arrays, maps, chosen) -> dict:
 def benchmark(image: sitk.Image, mask: sitk.Image, kernel_radius: int = 2, bin_width: float = 25.0,
               reference_voxels: int = 1000, repeats: int = 3, seed: int = 0) -> dict:
     """Engine voxels/s on the whole mask vs pyradiomics voxels/s on a compact piece of it; parity on that piece."""
+    from KiMapLib.featuremaps import CLASSES, FEATURES, feature_arrays
+
     settings = {"binWidth": bin_width, "kernelRadius": kernel_radius, "maskedKernel": True}
     n = int((sitk.GetArrayViewFromImage(mask) > 0).sum())
     if n == 0:

@@ -69,10 +69,14 @@ def run() -> None:
     """The ``kimap`` executable: :func:`main`, then exit at once once every output is flushed.
 
     The interpreter's own teardown (numba's compiled code, the scientific modules) takes about half a second after
-    the work is done and written; ``os._exit`` skips it. Files are closed by the commands themselves."""
+    the work is done and written; ``os._exit`` skips it. Files are closed by the commands themselves. The process is
+    KiMap's own, so skops loads without its default estimator trust list (``skops_import.claim_process``)."""
     import logging
     import os
 
+    from KiMapLib.skops_import import claim_process
+
+    claim_process()
     code = main()
     logging.shutdown()
     sys.stdout.flush()

@@ -155,17 +155,26 @@ def _table_settings(path: Path) -> ExtractionSettings:
     return ExtractionSettings.from_dict(json.loads(sidecar.read_text())) if sidecar.exists() else ExtractionSettings()
 
 
+def _load_feature_engine() -> None:
+    """Import the engine (numba) and load its compiled kernels; a failure here shows again when the map runs."""
+    try:
+        from KiMapLib.featuremaps import warm_up
+
+        warm_up()
+    except Exception:
+        pass
+
+
 def run_map(args: argparse.Namespace) -> int:
     from KiMapLib.cli import print_json, progress_bar
     from KiMapLib.extraction import biopsy_voxel
-    from KiMapLib.featuremaps import warm_up
     from KiMapLib.mapping import compute_map, write_map
     from KiMapLib.model_bundle import load_model
     from KiMapLib.plots import pyplot
 
     # the compiled feature kernels, skops (reading the model) and matplotlib (the overlay) take about a second each
     # to load: all load in the background while the volumes are read; the model file is verified before anything runs
-    threading.Thread(target=warm_up, name="kimap-kernels", daemon=True).start()
+    threading.Thread(target=_load_feature_engine, name="kimap-kernels", daemon=True).start()
     model = load_model(args.model, background=True)
     threading.Thread(target=pyplot, name="kimap-pyplot", daemon=True).start()
     volumes = read_volumes(parse_volume_args(args.volume))

@@ -84,12 +84,11 @@ def overlay(t1c: sitk.Image, ki67: sitk.Image, path: str | Path, *, slice_k: int
     Picks the slice with the most mapped voxels unless ``slice_k`` is given; returns the slice index.
     """
     plt = pyplot()
-    background = sitk.GetArrayFromImage(t1c).astype(float)
-    values = sitk.GetArrayFromImage(ki67).astype(float)
+    values = sitk.GetArrayViewFromImage(ki67)
     if slice_k is None:
         slice_k = int(np.argmax(np.isfinite(values).sum(axis=(1, 2))))
-    base, extent = _slice_to_display(background[slice_k], t1c)
-    colour, _ = _slice_to_display(values[slice_k], t1c)
+    base, extent = _slice_to_display(sitk.GetArrayViewFromImage(t1c)[slice_k].astype(float), t1c)
+    colour, _ = _slice_to_display(values[slice_k].astype(float), t1c)
     low, high = np.percentile(base[base != 0], [1, 99]) if np.any(base != 0) else (0, 1)
     fig, ax = plt.subplots(figsize=(6.4, 5.6), dpi=120)
     ax.imshow(base, cmap="gray", vmin=low, vmax=high, extent=extent)

@@ -6,6 +6,11 @@ scans every loaded module, silencing warnings and formatting an AttributeError m
 name: 120,000 misses and ~1.5 s of CPU in a process that has loaded scikit-learn, SimpleITK and numba. This module
 installs, for that import only, the same search without the per-miss exception formatting (same modules, same order,
 same first match), so skops' lists come out identical (checked by a test).
+
+In the ``kimap`` executable (:func:`claim_process`), skops' default trust list of every scikit-learn estimator is
+also left empty: KiMap passes each file's allow-listed types explicitly, so its loads are unchanged, and the import of
+all of scikit-learn that builds the list is spared. Inside Slicer, whose Python other extensions share, skops keeps
+its defaults.
 """
 
 from __future__ import annotations
@@ -18,6 +23,16 @@ from types import ModuleType
 
 _MISSING = object()
 _LOCK = threading.Lock()
+_OWN_PROCESS = False
+
+
+def claim_process() -> None:
+    """Declare that KiMap owns this interpreter (the ``kimap`` executable, not Slicer's shared Python): skops may
+    then be imported without its default trust list of every scikit-learn estimator. KiMap never relies on that list
+    (each file's types are checked against KiMap's allow-list and passed to skops explicitly), and building it imports
+    all of scikit-learn (~0.7 s)."""
+    global _OWN_PROCESS
+    _OWN_PROCESS = True
 
 
 def fast_whichmodule(obj: object, name: str) -> str:
@@ -60,15 +75,22 @@ class _PatchBeforeTrustedTypes(importlib.abc.MetaPathFinder):
 
 
 def import_skops_io() -> ModuleType:
-    """``skops.io``, imported with the fast module search during its import (restored afterwards)."""
+    """``skops.io``, imported with the fast module search during its import (restored afterwards); after
+    :func:`claim_process`, without skops' default list of trusted scikit-learn estimators."""
     with _LOCK:
         if "skops.io" not in sys.modules:
+            import sklearn.utils
+
+            all_estimators = sklearn.utils.all_estimators
+            if _OWN_PROCESS:
+                sklearn.utils.all_estimators = lambda *args, **kwargs: []
             finder = _PatchBeforeTrustedTypes()
             sys.meta_path.insert(0, finder)
             try:
                 import skops.io
             finally:
                 sys.meta_path.remove(finder)
+                sklearn.utils.all_estimators = all_estimators
                 if finder.original is not None:
                     sys.modules["skops.io._utils"].whichmodule = finder.original
         import skops.io

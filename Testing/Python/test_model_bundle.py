@@ -118,3 +118,25 @@ def test_card_schema_is_a_valid_json_schema():
 
     schema = card_schema()
     validator_for(schema).check_schema(schema)
+
+
+def test_model_loads_the_same_in_the_kimap_process(bundle, tmp_path):
+    """After claim_process (the kimap executable), skops has no default estimator trust list; KiMap's loads, which
+    pass each file's allow-listed types, read the same pipeline (same predictions)."""
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    script = ("import sys, json, numpy as np\n"
+              "from KiMapLib import skops_import\n"
+              "if sys.argv[2] == 'own': skops_import.claim_process()\n"
+              "from KiMapLib.model_bundle import load_model\n"
+              "model = load_model(sys.argv[1])\n"
+              "from skops.io import _trusted_types as t\n"
+              "x = np.linspace(-1, 1, 3 * len(model.input_features)).reshape(3, -1)\n"
+              "print(json.dumps([len(t.SKLEARN_ESTIMATOR_TYPE_NAMES), model.predict_matrix(x)[0].tolist()]))\n")
+    runs = [json.loads(subprocess.run([sys.executable, "-c", script, str(bundle), how], capture_output=True,
+                                      text=True, check=True).stdout) for how in ("shared", "own")]
+    assert runs[0][0] > 100 and runs[1][0] == 0
+    np.testing.assert_array_equal(runs[0][1], runs[1][1])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -46,5 +47,8 @@ def prepare_case(volumes: dict[str, sitk.Image], settings: ExtractionSettings | 
     reference = aligned["t1c"]
     if foreground is None:
         foreground = foreground_mask(reference)
-    images = {name: zscore(image, foreground, settings.normalize_scale, name) for name, image in aligned.items()}
+    with ThreadPoolExecutor(len(aligned)) as pool:  # numpy and SimpleITK copy and convert without the GIL
+        jobs = {name: pool.submit(zscore, image, foreground, settings.normalize_scale, name)
+                for name, image in aligned.items()}
+        images = {name: job.result() for name, job in jobs.items()}  # the first failure (in input order) is raised
     return Case(reference=volumes["t1c"], images=images, foreground=foreground, settings=settings, notes=notes)

@@ -6,6 +6,7 @@ import json
 import math
 import time
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -156,7 +157,7 @@ def compute_map(case: Case, model: KiMapModel, region: sitk.Image | None = None,
         region_array = sitk.GetArrayFromImage(check_region(region, case.reference)).astype(bool)
         region_note = "given region (labels > 0)"
     region_array &= case.foreground
-    centres = np.argwhere(region_array)
+    centres = np.stack(np.unravel_index(np.flatnonzero(region_array), region_array.shape), axis=1)  # argwhere
     if len(centres) == 0:
         raise KiMapError("the region has no voxel inside the image foreground", input_name="region")
     used = model.used_features
@@ -243,15 +244,17 @@ def write_map_files(result: MapResult, folder: Path, formats: tuple[str, ...] = 
     unknown = [f for f in formats if f not in suffixes]
     if unknown:
         raise KiMapError(f"unknown format {unknown[0]}", input_name="--formats", hint="use nrrd and/or nifti")
-    for fmt in formats:
-        suffix = suffixes[fmt]
-        sitk.WriteImage(result.ki67, str(folder / f"ki67_map{suffix}"), useCompression=True)
-        sitk.WriteImage(result.probability, str(folder / f"ki67_probability{suffix}"), useCompression=True)
-        sitk.WriteImage(result.region, str(folder / f"region{suffix}"), useCompression=True)
-    if overlay:
-        slice_k = draw_overlay(result.t1c, result.ki67, folder / "overlay.png", points_ijk=points_ijk,
-                               title=f"ki67 map ({result.summary.get('model_id')}) — research use only")
-        result.summary["overlay_slice_k"] = slice_k
+    volumes = [(image, folder / f"{stem}{suffixes[fmt]}") for fmt in formats
+               for image, stem in ((result.ki67, "ki67_map"), (result.probability, "ki67_probability"),
+                                   (result.region, "region"))]
+    with ThreadPoolExecutor(1) as writer:  # SimpleITK compresses and writes without the GIL, beside the overlay
+        written = writer.submit(lambda: [sitk.WriteImage(image, str(path), useCompression=True)
+                                         for image, path in volumes])
+        if overlay:
+            slice_k = draw_overlay(result.t1c, result.ki67, folder / "overlay.png", points_ijk=points_ijk,
+                                   title=f"ki67 map ({result.summary.get('model_id')}) — research use only")
+            result.summary["overlay_slice_k"] = slice_k
+        written.result()
     (folder / "summary.json").write_text(json.dumps(result.summary, indent=2, default=str) + "\n")
 
 

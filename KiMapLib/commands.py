@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import tempfile
@@ -155,14 +156,22 @@ def _table_settings(path: Path) -> ExtractionSettings:
     return ExtractionSettings.from_dict(json.loads(sidecar.read_text())) if sidecar.exists() else ExtractionSettings()
 
 
-def _load_feature_engine() -> None:
-    """Import the engine (numba) and load its compiled kernels; a failure here shows again when the map runs."""
+def _preload(kernels_loaded: threading.Event) -> None:
+    """In the background, in the order they are needed: the engine (numba) and its compiled kernels (then
+    ``kernels_loaded`` is set: the model's reader starts), then matplotlib for the overlay. A failure here shows
+    again, as a clear error, where the map needs the part."""
+    from KiMapLib.plots import pyplot
+
     try:
         from KiMapLib.featuremaps import warm_up
 
         warm_up()
     except Exception:
         pass
+    finally:
+        kernels_loaded.set()
+    with contextlib.suppress(Exception):
+        pyplot()
 
 
 def run_map(args: argparse.Namespace) -> int:
@@ -170,13 +179,13 @@ def run_map(args: argparse.Namespace) -> int:
     from KiMapLib.extraction import biopsy_voxel
     from KiMapLib.mapping import compute_map, write_map
     from KiMapLib.model_bundle import load_model
-    from KiMapLib.plots import pyplot
 
     # the compiled feature kernels, skops (reading the model) and matplotlib (the overlay) take about a second each
-    # to load: all load in the background while the volumes are read; the model file is verified before anything runs
-    threading.Thread(target=_load_feature_engine, name="kimap-kernels", daemon=True).start()
-    model = load_model(args.model, background=True)
-    threading.Thread(target=pyplot, name="kimap-pyplot", daemon=True).start()
+    # to load: they load in the background, kernels first, while the volumes are read and the features computed;
+    # the model file is verified before anything runs
+    kernels_loaded = threading.Event()
+    threading.Thread(target=_preload, args=(kernels_loaded,), name="kimap-preload", daemon=True).start()
+    model = load_model(args.model, background=True, start_after=kernels_loaded)
     volumes = read_volumes(parse_volume_args(args.volume))
     case = prepare_case(volumes, model.settings, required=model.required_sequences)
     region = read_volume(args.region, "region") if args.region else None

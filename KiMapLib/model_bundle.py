@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import threading
 import zipfile
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -210,11 +211,13 @@ def packaged_model_dir(model_id: str | None = None) -> Path:
                      hint="give --model MODEL_DIR or reinstall KiMap")
 
 
-def load_model(path: str | Path | None = None, background: bool = False) -> KiMapModel:
+def load_model(path: str | Path | None = None, background: bool = False,
+               start_after: threading.Event | None = None) -> KiMapModel:
     """Load and verify a bundle folder (or the packaged default). Raises ModelError naming the problem.
 
     ``background``: the card, the file's sha256 and its type allow-list are checked now, and the verified file is
-    read by skops in a background thread (importing skops takes a second or more); the first prediction waits for it."""
+    read by skops in a background thread (importing skops takes a second or more); the first prediction waits for it.
+    That thread starts reading once ``start_after`` is set, if given (work that is needed sooner goes first)."""
     entry = None
     if path is None:
         entry = next((e for e in registry() if e.get("default")), None)
@@ -247,15 +250,17 @@ def load_model(path: str | Path | None = None, background: bool = False) -> KiMa
                          input_name=where, hint="only bundles written by `kimap train` can be loaded")
     if background:
         loader = ThreadPoolExecutor(1, thread_name_prefix="kimap-model")
-        pipeline = loader.submit(_read_pipeline, model_path, card, where)
+        pipeline = loader.submit(_read_pipeline, model_path, card, where, start_after)
         loader.shutdown(wait=False)
     else:
         pipeline = _read_pipeline(model_path, card, where)
     return KiMapModel(card=card, pipeline=pipeline, path=folder)
 
 
-def _read_pipeline(model_path: Path, card: dict, where: str) -> object:
+def _read_pipeline(model_path: Path, card: dict, where: str, start_after: threading.Event | None = None) -> object:
     """The fitted pipeline of a verified model file (skops, allow-listed types only), checked against its card."""
+    if start_after is not None:
+        start_after.wait()
     from KiMapLib.skops_import import import_skops_io
 
     sio = import_skops_io()

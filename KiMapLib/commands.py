@@ -160,8 +160,6 @@ def _preload(kernels_loaded: threading.Event) -> None:
     """In the background, in the order they are needed: the engine (numba) and its compiled kernels (then
     ``kernels_loaded`` is set: the model's reader starts), then matplotlib for the overlay. A failure here shows
     again, as a clear error, where the map needs the part."""
-    from KiMapLib.plots import pyplot
-
     try:
         from KiMapLib.featuremaps import warm_up
 
@@ -169,8 +167,10 @@ def _preload(kernels_loaded: threading.Event) -> None:
     except Exception:
         pass
     finally:
-        kernels_loaded.set()
+        kernels_loaded.set()  # whatever happened: the model's reader must not wait forever
     with contextlib.suppress(Exception):
+        from KiMapLib.plots import pyplot
+
         pyplot()
 
 

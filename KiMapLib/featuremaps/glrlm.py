@@ -36,6 +36,28 @@ def _multi_element(box_lev, cells, n, dk, dj, di, shape, pad):
 
 
 @nb.njit(cache=True, nogil=True)
+def _store(res, nr, sre, lre, gln, rln, np_, glvar, rv, ent, lgl, hgl, srlg, srhg, lrlg, lrhg):
+    """The 16 features in ``names.FEATURES`` order from a matrix's sums (``glvar``, ``rv`` and ``ent`` final, the
+    rest divided by the number of runs ``nr`` here)."""
+    res[0] = sre / nr
+    res[1] = lre / nr
+    res[2] = gln / nr
+    res[3] = gln / (nr * nr)
+    res[4] = rln / nr
+    res[5] = rln / (nr * nr)
+    res[6] = nr / np_
+    res[7] = glvar
+    res[8] = rv
+    res[9] = ent
+    res[10] = lgl / nr
+    res[11] = hgl / nr
+    res[12] = srlg / nr
+    res[13] = srhg / nr
+    res[14] = lrlg / nr
+    res[15] = lrhg / nr
+
+
+@nb.njit(cache=True, nogil=True)
 def _features(P, eg, el, ne, m, maxl, glv, pr, pg, lt, res):
     """Features of the run matrix P whose non-zero entries are (eg, el)[:ne]; ``lt`` non-empty: integer counts
     (lt[k] = log2(k), so log2(v / nr + eps) is taken as lt[v] - log2(nr): eps shifts the entropy by < 1e-13)."""
@@ -104,22 +126,7 @@ def _features(P, eg, el, ne, m, maxl, glv, pr, pg, lt, res):
         srhg += v * g2 / l2
         lrlg += v * l2 / g2
         lrhg += v * l2 * g2
-    res[0] = sre / nr
-    res[1] = lre / nr
-    res[2] = gln / nr
-    res[3] = gln / (nr * nr)
-    res[4] = rln / nr
-    res[5] = rln / (nr * nr)
-    res[6] = nr / np_
-    res[7] = glvar
-    res[8] = rv
-    res[9] = ent
-    res[10] = lgl / nr
-    res[11] = hgl / nr
-    res[12] = srlg / nr
-    res[13] = srhg / nr
-    res[14] = lrlg / nr
-    res[15] = lrhg / nr
+    _store(res, nr, sre, lre, gln, rln, np_, glvar, rv, ent, lgl, hgl, srlg, srhg, lrlg, lrhg)
     return True
 
 
@@ -197,22 +204,11 @@ def _angle_counts(pa, stride, top, m, glv, ig2, il2, pr, pg, lt, entries, res):
     for ln in range(1, top + 1):
         dl = ln - uj
         rv += pr[ln] * dl * dl
-    res[0] = sre / nr
-    res[1] = lre / nr
-    res[2] = gln / nr
-    res[3] = gln / (nr * nr)
-    res[4] = rln / nr
-    res[5] = rln / (nr * nr)
-    res[6] = nr / np_
-    res[7] = glvar / nr
-    res[8] = rv / nr
-    res[9] = np.log2(nr) - vlog / nr if entries else np.nan
-    res[10] = lgl / nr
-    res[11] = hgl / nr
-    res[12] = srlg / nr if entries else np.nan
-    res[13] = srhg / nr if entries else np.nan
-    res[14] = lrlg / nr if entries else np.nan
-    res[15] = lrhg / nr if entries else np.nan
+    if entries:
+        _store(res, nr, sre, lre, gln, rln, np_, glvar / nr, rv / nr, np.log2(nr) - vlog / nr, lgl, hgl, srlg, srhg,
+               lrlg, lrhg)
+    else:
+        _store(res, nr, sre, lre, gln, rln, np_, glvar / nr, rv / nr, np.nan, lgl, hgl, np.nan, np.nan, np.nan, np.nan)
 
 
 @nb.njit(cache=True, nogil=True)

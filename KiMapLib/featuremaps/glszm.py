@@ -40,26 +40,41 @@ def zones(box, cells, n, zoff, stack, zone_g, zone_s):
 
 
 @nb.njit(cache=True, nogil=True)
-def features(zone_g, zone_s, nz, n, m, glv, pg, ps, keys, out, base, c):
-    """The 16 features of the zones (``pg``/``ps`` zeroed work arrays of size m and n + 1, left zeroed)."""
+def features(zone_g, zone_s, nz, n, m, glv, pg, ps, keys, counts, is2, out, base, c):
+    """The 16 features of the zones (``pg``/``ps`` zeroed work arrays of size m and n + 1, ``counts`` a zeroed
+    int32 array of m x len(is2) cells, or of size 1 to sort instead; all left zeroed). ``is2[s]`` = 1 / s^2."""
     nzf = float(nz)
     sae = lae = lgl = hgl = salg = sahg = lalg = lahg = 0.0
+    stride = is2.shape[0]
+    counting = counts.shape[0] > 1  # else (a table too large: whole-region kernels) the keys are sorted
+    nd = 0  # distinct (level, size) cells, listed as they first appear (for the zone entropy)
     for z in range(nz):
-        gf = float(glv[zone_g[z]])
-        sf = float(zone_s[z])
+        g = zone_g[z]
+        size = zone_s[z]
+        gf = float(glv[g])
+        sf = float(size)
         g2 = gf * gf
+        ig2 = 1.0 / g2
         s2 = sf * sf
-        pg[zone_g[z]] += 1.0
-        ps[zone_s[z]] += 1.0
-        sae += 1.0 / s2
+        i_s2 = is2[size]
+        pg[g] += 1.0
+        ps[size] += 1.0
+        sae += i_s2
         lae += s2
-        lgl += 1.0 / g2
+        lgl += ig2
         hgl += g2
-        salg += 1.0 / (g2 * s2)
-        sahg += g2 / s2
-        lalg += s2 / g2
+        salg += ig2 * i_s2
+        sahg += g2 * i_s2
+        lalg += s2 * ig2
         lahg += g2 * s2
-        keys[z] = zone_g[z] * (n + 1) + zone_s[z]
+        key = g * stride + size
+        if counting:
+            old = counts[key]
+            keys[nd] = key
+            nd += old == 0
+            counts[key] = old + 1
+        else:
+            keys[z] = key
     gln = 0.0
     ui = 0.0
     for g in range(m):
@@ -85,16 +100,22 @@ def features(zone_g, zone_s, nz, n, m, glv, pg, ps, keys, out, base, c):
             ds = s - uj
             zv += -ps[s] / nzf * ds * ds
             ps[s] = 0.0
-    ks = np.sort(keys[:nz])
     ent = 0.0
-    run_len = 1
-    for z in range(1, nz + 1):
-        if z < nz and ks[z] == ks[z - 1]:
-            run_len += 1
-        else:
-            q = run_len / nzf
+    if counting:
+        for t in range(nd):
+            q = counts[keys[t]] / nzf
             ent -= q * np.log2(q + EPS)
-            run_len = 1
+            counts[keys[t]] = 0
+    else:
+        ks = np.sort(keys[:nz])
+        run_len = 1
+        for z in range(1, nz + 1):
+            if z < nz and ks[z] == ks[z - 1]:
+                run_len += 1
+            else:
+                q = run_len / nzf
+                ent -= q * np.log2(q + EPS)
+                run_len = 1
     out[base + 0, c] = sae / nzf
     out[base + 1, c] = lae / nzf
     out[base + 2, c] = gln / nzf

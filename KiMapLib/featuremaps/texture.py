@@ -21,6 +21,8 @@ CLASSES = ("glcm", "glrlm", "glszm", "gldm", "ngtdm")
 SIZES = (glcm.NF, glrlm.NF, glszm.NF, gldm.NF, ngtdm.NF)
 BASE = tuple(int(x) for x in np.cumsum((0, *SIZES))[:-1])
 ROWS = int(sum(SIZES))
+#: Largest GLSZM (level, size) count table per thread (cells; 16 MB): whole-region kernels sort instead.
+ZONE_TABLE_MAX = 1 << 22
 
 
 @nb.njit(cache=True, nogil=True)
@@ -108,6 +110,9 @@ def run(centers, valid, lev, row, shift, offs, flat, box_shape, pad, maxlev, cmo
         zone_s = np.zeros(nk, np.int64)
         keys = np.zeros(nk, np.int64)
         ps = np.zeros(nk + 1, np.float64)
+        zcells = nmax * (nk + 1)  # GLSZM (level, size) counts for the zone entropy; sorted instead if too many
+        zcounts = np.zeros(zcells if want_zone and zcells <= ZONE_TABLE_MAX else 1, np.int32)
+        is2 = 1.0 / np.maximum(np.arange(nk + 1), 1).astype(np.float64) ** 2
         # GLDM / NGTDM
         Pd = np.zeros((nmax, 2 * ncm + 2), np.float64)
         pd = np.zeros(2 * ncm + 2, np.float64)
@@ -226,7 +231,7 @@ def run(centers, valid, lev, row, shift, offs, flat, box_shape, pad, maxlev, cmo
                 ngtdm.features(ni, si, pi, m, n, glv, out, BASE[4], c)
             if want_zone:  # last: the flood fill negates the box
                 nz = glszm.zones(box, cells, n, zoff, stack, zone_g, zone_s)
-                glszm.features(zone_g, zone_s, nz, n, m, glv, pg, ps, keys, out, BASE[2], c)
+                glszm.features(zone_g, zone_s, nz, n, m, glv, pg, ps, keys, zcounts, is2, out, BASE[2], c)
             reset_levels(lmap, glv, m)
             clear(box, cells, n)
             if want_dep or want_ngt:

@@ -140,10 +140,10 @@ def needs_entries(names) -> bool:
 
 
 @nb.njit(cache=True, nogil=True)
-def _angle_counts(pa, stride, top, m, glv, ig2, il2, pr, pg, lt, entries, res):
+def _angle_counts(pa, stride, top, m, glv, ig2, inv_sq, pr, pg, lt, entries, res):
     """Features of one angle's integer run counts ``pa[g * stride + length]`` (reset here), in one pass over the
     counts: per-level and per-length sums, and (``entries``) the entropy and the four joint emphases; their terms
-    use the reciprocal tables ``ig2`` (1 / level^2) and ``il2`` (1 / length^2) instead of divisions."""
+    use the reciprocal tables ``ig2`` (1 / level^2) and ``inv_sq`` (1 / length^2) instead of divisions."""
     for ln in range(1, top + 1):
         pr[ln] = 0.0
     nr = 0.0
@@ -163,7 +163,7 @@ def _angle_counts(pa, stride, top, m, glv, ig2, il2, pr, pg, lt, entries, res):
                     total += vf
                     pr[ln] += vf
                     vlog += vf * lt[v]
-                    low += vf * il2[ln]
+                    low += vf * inv_sq[ln]
                     high += vf * float(ln * ln)
             srlg += low * ig2[g]
             srhg += low * g2
@@ -182,7 +182,7 @@ def _angle_counts(pa, stride, top, m, glv, ig2, il2, pr, pg, lt, entries, res):
     for ln in range(1, top + 1):
         v = pr[ln]
         lf = float(ln)
-        sre += v * il2[ln]
+        sre += v * inv_sq[ln]
         lre += v * lf * lf
         rln += v * v
         np_ += v * lf
@@ -212,7 +212,7 @@ def _angle_counts(pa, stride, top, m, glv, ig2, il2, pr, pg, lt, entries, res):
 
 
 @nb.njit(cache=True, nogil=True)
-def finish(box, cells, n, shape, pad, rang, Pa, stride, maxla, m, weights, P, eg, el, ne, glv, pr, pg, lt, ig2, il2,
+def finish(box, cells, n, shape, pad, rang, Pa, stride, maxla, m, weights, P, eg, el, ne, glv, pr, pg, lt, ig2, inv_sq,
            entries, res, acc, accn, out, base, c):
     """Features from the per-angle run counts ``Pa[r, g * stride + length]`` (reset here) of one kernel.
 
@@ -230,7 +230,7 @@ def finish(box, cells, n, shape, pad, rang, Pa, stride, maxla, m, weights, P, eg
             top = maxla[a]
             maxla[a] = 1
             if top > 1 or _multi_element(box, cells, n, rang[a, 0], rang[a, 1], rang[a, 2], shape, pad):
-                _angle_counts(Pa[a], stride, top, m, glv, ig2, il2, pr, pg, lt, entries, res)
+                _angle_counts(Pa[a], stride, top, m, glv, ig2, inv_sq, pr, pg, lt, entries, res)
                 for f in range(NF):
                     if not np.isnan(res[f]):
                         acc[f] += res[f]

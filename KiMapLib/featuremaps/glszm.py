@@ -40,14 +40,11 @@ def zones(box, cells, n, zoff, stack, zone_g, zone_s):
 
 
 @nb.njit(cache=True, nogil=True)
-def features(zone_g, zone_s, nz, n, m, glv, pg, ps, keys, counts, is2, out, base, c):
-    """The 16 features of the zones (``pg``/``ps`` zeroed work arrays of size m and n + 1, ``counts`` a zeroed
-    int32 array of m x len(is2) cells, or of size 1 to sort instead; all left zeroed). ``is2[s]`` = 1 / s^2."""
+def features(zone_g, zone_s, nz, n, m, glv, pg, ps, keys, inv_sq, out, base, c):
+    """The 16 features of the zones (``pg``/``ps`` zeroed work arrays of size m and n + 1, left zeroed;
+    ``inv_sq[s]`` = 1 / s^2 for s <= n)."""
     nzf = float(nz)
     sae = lae = lgl = hgl = salg = sahg = lalg = lahg = 0.0
-    stride = is2.shape[0]
-    counting = counts.shape[0] > 1  # else (a table too large: whole-region kernels) the keys are sorted
-    nd = 0  # distinct (level, size) cells, listed as they first appear (for the zone entropy)
     for z in range(nz):
         g = zone_g[z]
         size = zone_s[z]
@@ -56,7 +53,7 @@ def features(zone_g, zone_s, nz, n, m, glv, pg, ps, keys, counts, is2, out, base
         g2 = gf * gf
         ig2 = 1.0 / g2
         s2 = sf * sf
-        i_s2 = is2[size]
+        i_s2 = inv_sq[size]
         pg[g] += 1.0
         ps[size] += 1.0
         sae += i_s2
@@ -67,14 +64,7 @@ def features(zone_g, zone_s, nz, n, m, glv, pg, ps, keys, counts, is2, out, base
         sahg += g2 * i_s2
         lalg += s2 * ig2
         lahg += g2 * s2
-        key = g * stride + size
-        if counting:
-            old = counts[key]
-            keys[nd] = key
-            nd += old == 0
-            counts[key] = old + 1
-        else:
-            keys[z] = key
+        keys[z] = g * (n + 1) + size
     gln = 0.0
     ui = 0.0
     for g in range(m):
@@ -100,22 +90,16 @@ def features(zone_g, zone_s, nz, n, m, glv, pg, ps, keys, counts, is2, out, base
             ds = s - uj
             zv += -ps[s] / nzf * ds * ds
             ps[s] = 0.0
+    ks = np.sort(keys[:nz])
     ent = 0.0
-    if counting:
-        for t in range(nd):
-            q = counts[keys[t]] / nzf
+    run_len = 1
+    for z in range(1, nz + 1):
+        if z < nz and ks[z] == ks[z - 1]:
+            run_len += 1
+        else:
+            q = run_len / nzf
             ent -= q * np.log2(q + EPS)
-            counts[keys[t]] = 0
-    else:
-        ks = np.sort(keys[:nz])
-        run_len = 1
-        for z in range(1, nz + 1):
-            if z < nz and ks[z] == ks[z - 1]:
-                run_len += 1
-            else:
-                q = run_len / nzf
-                ent -= q * np.log2(q + EPS)
-                run_len = 1
+            run_len = 1
     out[base + 0, c] = sae / nzf
     out[base + 1, c] = lae / nzf
     out[base + 2, c] = gln / nzf

@@ -21,8 +21,6 @@ CLASSES = ("glcm", "glrlm", "glszm", "gldm", "ngtdm")
 SIZES = (glcm.NF, glrlm.NF, glszm.NF, gldm.NF, ngtdm.NF)
 BASE = tuple(int(x) for x in np.cumsum((0, *SIZES))[:-1])
 ROWS = int(sum(SIZES))
-#: Largest GLSZM (level, size) count table per thread (cells; 16 MB): whole-region kernels sort instead.
-ZONE_TABLE_MAX = 1 << 22
 
 
 @nb.njit(cache=True, nogil=True)
@@ -59,6 +57,8 @@ def run(centers, valid, lev, row, shift, offs, flat, box_shape, pad, maxlev, cmo
         lt = np.log2(np.maximum(np.arange(2 * nk + 2), 1).astype(np.float64))
     cap = min(nmax * nmax, nk * (ncm if neff_cm == 1 else 1))  # entries of one matrix (symmetric: upper triangle)
     rcap = min(nmax * (maxrun + 1), nk * nrun) if weighted_run else 1
+    # 1 / x^2 of run lengths (GLRLM) and zone sizes (GLSZM): multiplications instead of divisions
+    inv_sq = 1.0 / np.maximum(np.arange(max(nk, maxrun) + 1), 1).astype(np.float64) ** 2
     for blk in range(len(bounds) - 1):
         box = np.zeros(box_size, np.int32)
         gbox = np.zeros(box_size if want_dep or want_ngt else 1, np.int32)  # grey levels (0 outside)
@@ -103,16 +103,12 @@ def run(centers, valid, lev, row, shift, offs, flat, box_shape, pad, maxlev, cmo
         ne = np.zeros(1, np.int64)
         pr = np.zeros(maxrun + 1, np.float64)
         ig2 = np.zeros(nmax, np.float64)
-        il2 = 1.0 / np.maximum(np.arange(maxrun + 1), 1).astype(np.float64) ** 2
         # GLSZM
         stack = np.zeros(nk, np.int64)
         zone_g = np.zeros(nk, np.int64)
         zone_s = np.zeros(nk, np.int64)
         keys = np.zeros(nk, np.int64)
         ps = np.zeros(nk + 1, np.float64)
-        zcells = nmax * (nk + 1)  # GLSZM (level, size) counts for the zone entropy; sorted instead if too many
-        zcounts = np.zeros(zcells if want_zone and zcells <= ZONE_TABLE_MAX else 1, np.int32)
-        is2 = 1.0 / np.maximum(np.arange(nk + 1), 1).astype(np.float64) ** 2
         # GLDM / NGTDM
         Pd = np.zeros((nmax, 2 * ncm + 2), np.float64)
         pd = np.zeros(2 * ncm + 2, np.float64)
@@ -224,14 +220,14 @@ def run(centers, valid, lev, row, shift, offs, flat, box_shape, pad, maxlev, cmo
                             res, acc, accn, out, BASE[0], c)
             if want_run:
                 glrlm.finish(box, cells, n, shp, pad, run_angles, Pa, maxrun + 1, maxla, m, run_weights, Pr, eg, el,
-                             ne, glv, pr, pgr, lt, ig2, il2, run_entries, res, acc, accn, out, BASE[1], c)
+                             ne, glv, pr, pgr, lt, ig2, inv_sq, run_entries, res, acc, accn, out, BASE[1], c)
             if want_dep:
                 gldm.features(Pd, pd, pg, m, maxd, n, glv, out, BASE[3], c)
             if want_ngt:
                 ngtdm.features(ni, si, pi, m, n, glv, out, BASE[4], c)
             if want_zone:  # last: the flood fill negates the box
                 nz = glszm.zones(box, cells, n, zoff, stack, zone_g, zone_s)
-                glszm.features(zone_g, zone_s, nz, n, m, glv, pg, ps, keys, zcounts, is2, out, BASE[2], c)
+                glszm.features(zone_g, zone_s, nz, n, m, glv, pg, ps, keys, inv_sq, out, BASE[2], c)
             reset_levels(lmap, glv, m)
             clear(box, cells, n)
             if want_dep or want_ngt:

@@ -267,27 +267,3 @@ def test_neighbour_sums_equal_brute_force(levels):
         assert total[t] == hood.sum()
         assert equal[t] == (hood == g[k, j, i]).sum()
 
-
-def test_glszm_zone_entropy_counted_equals_sorted():
-    """The (level, size) count table and the sorting fallback (tables too large) give the same GLSZM features."""
-    from KiMapLib.featuremaps import glszm
-
-    rng = np.random.default_rng(3)
-    n, m = 200, 7
-    sizes = rng.integers(1, 6, 120)
-    sizes = sizes[np.cumsum(sizes) <= n]
-    nz = len(sizes)
-    zone_s = np.zeros(n, np.int64)
-    zone_g = np.zeros(n, np.int64)
-    zone_s[:nz] = sizes
-    zone_g[:nz] = rng.integers(0, m, nz)
-    glv = np.arange(1, m + 1, dtype=np.int64) * 3
-    is2 = 1.0 / np.maximum(np.arange(n + 1), 1).astype(np.float64) ** 2
-    outs = []
-    for counts in (np.zeros(m * (n + 1), np.int32), np.zeros(1, np.int32)):
-        out = np.zeros((glszm.NF, 1))
-        glszm.features(zone_g, zone_s, nz, n, m, glv, np.zeros(m), np.zeros(n + 1), np.zeros(n, np.int64), counts,
-                       is2, out, 0, 0)
-        assert not counts.any()
-        outs.append(out[:, 0])
-    np.testing.assert_allclose(outs[0], outs[1], rtol=1e-12)

@@ -1,6 +1,6 @@
 """KiMap: ki67 maps of glioblastoma from coregistered MRI (3D Slicer module; GUI wiring only).
 
-The computation lives in ``KiMapLib``; the MRML logic is ``KiMapLib.mrml_logic.KiMapLogic`` (also the console API).
+The computation lives in ``KiMapLib``; the MRML logic is ``KiMapLib.slicer.KiMapLogic`` (also the console API).
 Research use only: not a medical device; no clinical validity is claimed.
 """
 
@@ -26,15 +26,15 @@ try:  # installed extension: KiMapLib lies beside this file; source tree: in the
 except ImportError:
     sys.path.append(str(Path(__file__).resolve().parent.parent))
 
-from KiMapLib.errors import Cancelled
-from KiMapLib.mrml_logic import KiMapLogic as KiMapMRMLLogic
-from KiMapLib.mrml_logic import (
+from KiMapLib.slicer import (  # the MRML adapter: the only part of KiMapLib this module imports
+    Cancelled,
     add_color_legend,
     dependency_message,
     missing_dependencies,
+    resources_dir,
     set_map_display,
 )
-from KiMapLib.resources import resources_dir
+from KiMapLib.slicer import KiMapLogic as KiMapMRMLLogic
 
 SEQUENCE_PARAMETERS = {"t1c": "t1cVolume", "t2": "t2Volume", "flair": "flairVolume", "adc": "adcVolume"}
 
@@ -290,7 +290,7 @@ class KiMapWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
 
 class KiMapLogic(ScriptedLoadableModuleLogic, KiMapMRMLLogic):
-    """The module logic: parameter node handling plus :class:`KiMapLib.mrml_logic.KiMapLogic` (nodes in/out)."""
+    """The module logic: parameter node handling plus :class:`KiMapLib.slicer.logic.KiMapLogic` (nodes in/out)."""
 
     def __init__(self):
         ScriptedLoadableModuleLogic.__init__(self)

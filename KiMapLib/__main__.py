@@ -1,5 +1,5 @@
 """`python -m KiMapLib` runs the `kimap` command line."""
 
-from KiMapLib.cli import run
+from KiMapLib.app.cli import run
 
 run()

@@ -1,8 +1,11 @@
-"""Progress reporting and cancellation shared by the CLI (tqdm) and Slicer (progress dialog)."""
+"""Progress reporting and cancellation shared by the CLI (a text bar), Slicer (progress dialog) and the web app."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import sys
+import time
+from collections.abc import Callable, Iterator
 
 from KiMapLib.errors import Cancelled
 
@@ -25,3 +28,33 @@ def scaled(progress: ProgressCallback | None, start: float, stop: float) -> Prog
         return progress(start + (stop - start) * fraction, message)
 
     return sub
+
+
+@contextlib.contextmanager
+def progress_bar(description: str) -> Iterator[ProgressCallback]:
+    """A progress callback drawing a percent bar on stderr, and one final line when the step is done.
+
+    On a terminal the bar redraws in place; in a log (stderr not a terminal) it prints a line at every 10 %, so the
+    log stays readable."""
+    terminal = sys.stderr.isatty()
+    start = time.monotonic()
+    last = {"decile": -1}
+
+    def callback(fraction: float, message: str = "") -> None:
+        percent = int(fraction * 100)
+        if terminal:
+            bar = "#" * (percent // 5)
+            print(f"\r{description}: {percent:3d}% |{bar:<20}| {time.monotonic() - start:5.1f} s {message[:40]:<40}",
+                  end="", file=sys.stderr, flush=True)
+        elif percent // 10 > last["decile"]:
+            last["decile"] = percent // 10
+            print(f"{description}: {percent:3d}% {message[:60]}".rstrip(), file=sys.stderr, flush=True)
+
+    outcome = "stopped"
+    try:
+        yield callback
+        outcome = "done"
+    finally:
+        prefix = "\r" if terminal else ""
+        print(f"{prefix}{description}: {outcome} after {time.monotonic() - start:.1f} s".ljust(80 if terminal else 0),
+              file=sys.stderr, flush=True)

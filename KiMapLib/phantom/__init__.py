@@ -1,4 +1,4 @@
-"""Synthetic biophysical glioblastoma phantom (``kimap phantom``). SYNTHETIC DATA — not patient data.
+"""Synthetic biophysical glioblastoma phantom . SYNTHETIC DATA — not patient data.
 
 Cell density and proliferation fields with a necrotic core, an enhancing rim and infiltrative edema
 (:mod:`~KiMapLib.phantom.fields`), an MRI signal model giving t1c, t2, flair and adc
@@ -10,10 +10,8 @@ from KiMapLib.phantom.cohort import (
     MODEL_VERSION,
     SYNTHETIC_NOTICE,
     PhantomPatient,
-    add_parser,
     generate_cohort,
     generate_patient,
-    run,
     write_patient,
 )
 from KiMapLib.phantom.scanner import INSTITUTIONS, Institution
@@ -24,9 +22,7 @@ __all__ = [
     "SYNTHETIC_NOTICE",
     "Institution",
     "PhantomPatient",
-    "add_parser",
     "generate_cohort",
     "generate_patient",
-    "run",
     "write_patient",
 ]

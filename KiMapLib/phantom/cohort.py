@@ -17,10 +17,10 @@ import numpy as np
 import SimpleITK as sitk
 
 from KiMapLib import __version__
-from KiMapLib.biopsies import Biopsy, write_biopsies_csv
 from KiMapLib.errors import KiMapError
-from KiMapLib.geometry import voxel_to_ras
-from KiMapLib.neighbourhood import ball_offsets
+from KiMapLib.features.neighbourhood import ball_offsets
+from KiMapLib.inputs.biopsies import Biopsy, write_biopsies_csv
+from KiMapLib.inputs.geometry import voxel_to_ras
 from KiMapLib.phantom import fields, mri, scanner
 from KiMapLib.progress import ProgressCallback, report
 from KiMapLib.settings import SEQUENCES
@@ -194,7 +194,7 @@ def _uid(seed: int, patient_id: str, what: str) -> str:
 
 
 def _write_dicom(patient: PhantomPatient, folder: Path, seed: int) -> None:
-    from KiMapLib.dicom_io import write_mr_series  # optional dependency (pydicom), imported only here
+    from KiMapLib.inputs.dicom import write_mr_series  # optional dependency (pydicom), imported only here
 
     extra = {"sex": patient.covariates.get("sex"), "age": patient.covariates.get("age"), "study_date": "20000101"}
     for number, sequence in enumerate(SEQUENCES, start=1):
@@ -268,27 +268,3 @@ def generate_cohort(out_dir: str | Path, n_patients: int, seed: int, *, dicom: b
                                              encoding="utf-8")
     return records
 
-
-def add_parser(subparsers) -> None:
-    """Add ``kimap phantom --out DIR --patients N --seed S [--dicom]``."""
-    parser = subparsers.add_parser(
-        "phantom", help="write a synthetic glioblastoma cohort (SYNTHETIC — not patient data)",
-        description="Write a documented synthetic biophysical glioblastoma phantom cohort: t1c, t2, flair, adc, "
-                    "tumor label, ki67 truth and biopsies per patient (docs/phantom.md). SYNTHETIC DATA — not "
-                    "patient data, no clinical validity.")
-    parser.add_argument("--out", required=True, type=Path, help="output folder (new, empty or an earlier cohort)")
-    parser.add_argument("--patients", type=int, default=24, help="number of patients (default 24)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (same seed, same bytes; default 0)")
-    parser.add_argument("--dicom", action="store_true", help="also write each sequence as a DICOM MR series")
-    parser.set_defaults(func=run)
-
-
-def run(args) -> int:
-    """Run the ``phantom`` sub-command with a progress bar; prints a one-line summary."""
-    from KiMapLib.cli import progress_bar
-
-    with progress_bar("phantom") as callback:
-        records = generate_cohort(args.out, args.patients, args.seed, dicom=args.dicom, progress=callback)
-    n_biopsies = sum(r["n_biopsies"] for r in records)
-    print(f"{SYNTHETIC_NOTICE}: wrote {len(records)} patients, {n_biopsies} biopsies to {args.out}")
-    return 0

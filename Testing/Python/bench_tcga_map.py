@@ -43,8 +43,8 @@ FEATURES = [
 
 def three_sequence_model(folder: Path) -> Path:
     """A model bundle whose used features are FEATURES on each of SEQUENCES (random training rows)."""
-    from KiMapLib.model_bundle import save_bundle
-    from KiMapLib.training import TrainingConfig, train
+    from KiMapLib.model.bundle import save_bundle
+    from KiMapLib.model.training import TrainingConfig, train
 
     rng = np.random.default_rng(0)
     columns = [f"{s}_{f}" for s in SEQUENCES for f in FEATURES]
@@ -78,7 +78,7 @@ def slicer_seconds(model_folder: Path, repeats: int) -> list[float]:
     region nodes in, ki67 and P(high) nodes out. The model is loaded once before, as when the user picks it."""
     import SimpleITK as sitk
 
-    from KiMapLib.mrml_logic import KiMapLogic, setup_headless_scene, update_node_from_image
+    from KiMapLib.slicer.logic import KiMapLogic, setup_headless_scene, update_node_from_image
 
     scene = setup_headless_scene()
     nodes = {}
@@ -102,8 +102,8 @@ def api_seconds() -> dict[str, float]:
     """``feature_maps`` per sequence (read, foreground, z-score, 15 full-size maps), as the library API."""
     import SimpleITK as sitk
 
-    from KiMapLib.featuremaps import feature_maps
-    from KiMapLib.normalization import foreground_mask, zscore
+    from KiMapLib.features.featuremaps import feature_maps
+    from KiMapLib.inputs.normalization import foreground_mask, zscore
     from KiMapLib.settings import ExtractionSettings
 
     settings = ExtractionSettings().pyradiomics_settings() | {"ballRadius": 5.0}

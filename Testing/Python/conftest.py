@@ -14,8 +14,8 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from KiMapLib.biopsies import Biopsy  # noqa: E402
-from KiMapLib.geometry import voxel_to_ras  # noqa: E402
+from KiMapLib.inputs.biopsies import Biopsy  # noqa: E402
+from KiMapLib.inputs.geometry import voxel_to_ras  # noqa: E402
 
 
 def rotation(degrees_z: float, degrees_x: float) -> np.ndarray:
@@ -75,8 +75,8 @@ def synthetic_patient(seed: int, shape=(24, 36, 36), spacing=(0.9, 1.1, 1.6)) ->
 @pytest.fixture(scope="session")
 def tiny_cohort_rows():
     """Cohort-table rows of 6 synthetic patients (pyradiomics extraction at 4 biopsies each)."""
-    from KiMapLib.case import prepare_case
-    from KiMapLib.extraction import extract_biopsies
+    from KiMapLib.features.extraction import extract_biopsies
+    from KiMapLib.inputs.case import prepare_case
     from KiMapLib.settings import ExtractionSettings
 
     rows = []
@@ -92,9 +92,9 @@ def tiny_cohort_rows():
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory, tiny_cohort_rows):
-    from KiMapLib.model_bundle import save_bundle
+    from KiMapLib.model.bundle import save_bundle
+    from KiMapLib.model.training import TrainingConfig, train
     from KiMapLib.settings import ExtractionSettings
-    from KiMapLib.training import TrainingConfig, train
 
     result = train(tiny_cohort_rows, TrainingConfig(k_features=8, estimator="ridge"),
                    settings=ExtractionSettings(ball_radius_mm=3.0), model_id="test-tiny")

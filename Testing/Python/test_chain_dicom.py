@@ -7,15 +7,15 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 
-from KiMapLib.biopsies import read_biopsies
-from KiMapLib.case import prepare_case
-from KiMapLib.geometry import copy_geometry, nearest_voxel, same_grid
-from KiMapLib.images import read_volume
-from KiMapLib.mapping import compute_map, write_map
-from KiMapLib.model_bundle import load_model
-from KiMapLib.neighbourhood import ball_mask_array
+from KiMapLib.export.planning import export_planning
+from KiMapLib.features.neighbourhood import ball_mask_array
+from KiMapLib.inputs.biopsies import read_biopsies
+from KiMapLib.inputs.case import prepare_case
+from KiMapLib.inputs.geometry import copy_geometry, nearest_voxel, same_grid
+from KiMapLib.inputs.images import read_volume
+from KiMapLib.maps.mapping import compute_map, write_map
+from KiMapLib.model.bundle import load_model
 from KiMapLib.phantom import generate_cohort
-from KiMapLib.planning_export import export_planning
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")

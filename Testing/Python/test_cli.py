@@ -7,10 +7,10 @@ import pytest
 import SimpleITK as sitk
 from conftest import make_volume, synthetic_patient
 
-from KiMapLib.biopsies import Biopsy, write_biopsies_csv
-from KiMapLib.cli import main
-from KiMapLib.model_bundle import load_model
-from KiMapLib.table import read_table
+from KiMapLib.app.cli import main
+from KiMapLib.features.table import read_table
+from KiMapLib.inputs.biopsies import Biopsy, write_biopsies_csv
+from KiMapLib.model.bundle import load_model
 
 
 @pytest.fixture(scope="module")

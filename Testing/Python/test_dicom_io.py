@@ -10,11 +10,11 @@ import pytest
 import SimpleITK as sitk
 from dicom_case import dciodvfy, dciodvfy_executable, oblique_volume, write_map_dir
 
-from KiMapLib import dicom_io
 from KiMapLib.errors import KiMapError
-from KiMapLib.export_rtstruct import Roi, build_rtstruct
-from KiMapLib.geometry import same_grid
-from KiMapLib.images import read_volume
+from KiMapLib.export.rtstruct import Roi, build_rtstruct
+from KiMapLib.inputs import dicom as dicom_io
+from KiMapLib.inputs.geometry import same_grid
+from KiMapLib.inputs.images import read_volume
 
 
 @pytest.fixture(scope="module")

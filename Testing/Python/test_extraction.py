@@ -8,12 +8,12 @@ import pytest
 import SimpleITK as sitk
 from conftest import synthetic_patient
 
-from KiMapLib.biopsies import Biopsy, read_biopsies
-from KiMapLib.case import prepare_case
 from KiMapLib.errors import ModelError
-from KiMapLib.extraction import extract_biopsies
-from KiMapLib.geometry import voxel_to_ras
-from KiMapLib.neighbourhood import ball_mask
+from KiMapLib.features.extraction import extract_biopsies
+from KiMapLib.features.neighbourhood import ball_mask
+from KiMapLib.inputs.biopsies import Biopsy, read_biopsies
+from KiMapLib.inputs.case import prepare_case
+from KiMapLib.inputs.geometry import voxel_to_ras
 from KiMapLib.settings import ExtractionSettings
 
 

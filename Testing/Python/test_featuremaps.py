@@ -10,7 +10,7 @@ import pytest
 import SimpleITK as sitk
 
 from KiMapLib.errors import Cancelled, GeometryError, KiMapError
-from KiMapLib.featuremaps import ALL_KEYS, feature_arrays, feature_maps
+from KiMapLib.features.featuremaps import ALL_KEYS, feature_arrays, feature_maps
 
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 BRAIN = DATA / "pyradiomics-brain"
@@ -62,7 +62,7 @@ def brain_crop():
 @pytest.fixture(scope="module")
 def tcga():
     _need(TCGA)
-    from KiMapLib.normalization import foreground_mask, zscore
+    from KiMapLib.inputs.normalization import foreground_mask, zscore
 
     t1c = sitk.ReadImage(str(TCGA / "t1c.nii.gz"))
     seg = sitk.GetArrayFromImage(sitk.ReadImage(str(TCGA / "tumor_seg_isen20.nii.gz"))) > 0
@@ -120,7 +120,7 @@ def test_cube_other_settings(brain_crop):
 @pytest.mark.parametrize("bin_width", [25.0, 5.0])
 def test_ball_equals_pyradiomics_normal_mode_per_ball(tcga, bin_width):
     """The ball kernel is KiMap's per-biopsy extraction: pyradiomics on ball ∩ foreground, binned per ball."""
-    from KiMapLib.neighbourhood import ball_mask
+    from KiMapLib.features.neighbourhood import ball_mask
     from KiMapLib.settings import ExtractionSettings
 
     image, region, foreground = tcga
@@ -223,7 +223,7 @@ def test_min_kernel_voxels():
 
 
 def test_bench_maps_cli_smoke(tmp_path):
-    from KiMapLib import bench_maps
+    from KiMapLib.app import bench_maps
 
     rng = np.random.default_rng(3)
     image = _image(rng.normal(0, 100, (12, 12, 12)).astype(np.float32))
@@ -243,9 +243,9 @@ def test_bench_maps_cli_smoke(tmp_path):
 @pytest.mark.parametrize("levels", [5, 30])
 def test_neighbour_sums_equal_brute_force(levels):
     """Separable 3x3x3 sums (one and three rounds of packed level counts) equal the 26-neighbour loop."""
-    from KiMapLib.featuremaps.kernels import make_box
-    from KiMapLib.featuremaps.neighbour_sums import neighbour_sums
-    from KiMapLib.neighbourhood import ball_offsets
+    from KiMapLib.features.featuremaps.kernels import make_box
+    from KiMapLib.features.featuremaps.neighbour_sums import neighbour_sums
+    from KiMapLib.features.neighbourhood import ball_offsets
 
     rng = np.random.default_rng(levels)
     box = make_box(np.asarray(ball_offsets((1.0, 1.0, 1.0), 3.0), np.int64), 1)

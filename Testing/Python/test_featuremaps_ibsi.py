@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from KiMapLib.featuremaps import region_features
+from KiMapLib.features.featuremaps import region_features
 
 IBSI = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "ibsi"
 SETTINGS = {"binWidth": 1, "label": 1, "voxelArrayShift": 0}

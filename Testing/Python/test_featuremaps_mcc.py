@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from KiMapLib.featuremaps import glcm
+from KiMapLib.features.featuremaps import glcm
 
 
 def _engine_mcc(P: np.ndarray, symmetric: bool) -> float:

@@ -6,7 +6,8 @@ import SimpleITK as sitk
 from conftest import make_volume, rotation
 
 from KiMapLib.errors import GeometryError, KiMapError
-from KiMapLib.geometry import (
+from KiMapLib.features.neighbourhood import ball_offsets
+from KiMapLib.inputs.geometry import (
     ijk_to_ras_matrix,
     image_from_array,
     nearest_voxel,
@@ -16,8 +17,7 @@ from KiMapLib.geometry import (
     same_grid,
     voxel_to_ras,
 )
-from KiMapLib.images import align_to_t1c
-from KiMapLib.neighbourhood import ball_offsets
+from KiMapLib.inputs.images import align_to_t1c
 
 
 def test_ras_lps_round_trip_through_ijk_to_ras_matrix():

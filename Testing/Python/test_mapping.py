@@ -7,12 +7,12 @@ import pytest
 import SimpleITK as sitk
 from conftest import make_volume, synthetic_patient
 
-from KiMapLib.case import prepare_case
 from KiMapLib.errors import KiMapError
-from KiMapLib.extraction import extract_biopsies
-from KiMapLib.geometry import same_grid
-from KiMapLib.mapping import compute_map, region_features, write_map
-from KiMapLib.model_bundle import load_model
+from KiMapLib.features.extraction import extract_biopsies
+from KiMapLib.inputs.case import prepare_case
+from KiMapLib.inputs.geometry import same_grid
+from KiMapLib.maps.mapping import compute_map, region_features, write_map
+from KiMapLib.model.bundle import load_model
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +27,7 @@ def patient():
 
 def _methods():
     try:
-        import KiMapLib.featuremaps  # noqa: F401
+        import KiMapLib.features.featuremaps  # noqa: F401
     except ImportError:
         return ["reference"]
     return ["reference", "engine"]
@@ -86,7 +86,7 @@ def test_failed_write_keeps_the_earlier_output(tmp_path, patient, model, monkeyp
     assert json.loads(before)["model_id"] == "test-tiny"
     assert {p.name for p in out.iterdir()} >= {"ki67_map.nrrd", "ki67_probability.nrrd", "overlay.png"}
 
-    import KiMapLib.plots as plots
+    import KiMapLib.maps.pictures as plots
 
     def broken(*args, **kwargs):
         raise RuntimeError("disk full")
@@ -99,7 +99,7 @@ def test_failed_write_keeps_the_earlier_output(tmp_path, patient, model, monkeyp
 
 
 def test_default_region_is_the_flair_hyperintensity():
-    from KiMapLib.mapping import default_region
+    from KiMapLib.maps.mapping import default_region
     from KiMapLib.phantom import INSTITUTIONS, generate_patient
 
     phantom = generate_patient("SYN900", np.random.default_rng(900), INSTITUTIONS[1])

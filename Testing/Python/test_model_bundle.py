@@ -6,7 +6,7 @@ import shutil
 import pytest
 
 from KiMapLib.errors import ModelError
-from KiMapLib.model_bundle import load_model, save_bundle
+from KiMapLib.model.bundle import load_model, save_bundle
 
 
 @pytest.fixture
@@ -86,7 +86,7 @@ def test_fast_skops_import_gives_skops_its_own_trusted_lists():
     import sys
 
     script = ("import json, sys, numpy, scipy.special, sklearn.linear_model, SimpleITK\n"
-              "from KiMapLib.skops_import import import_skops_io\n"
+              "from KiMapLib.model.skops_import import import_skops_io\n"
               "import_skops_io() if sys.argv[1] == 'fast' else __import__('skops.io')\n"
               "from skops.io import _trusted_types as t, _utils as u\n"
               "assert u.whichmodule.__module__.startswith('skops'), 'whichmodule not restored'\n"
@@ -102,7 +102,7 @@ def test_fast_whichmodule_equals_skops_whichmodule():
     import scipy.special
     from skops.io._utils import whichmodule
 
-    from KiMapLib.skops_import import fast_whichmodule
+    from KiMapLib.model.skops_import import fast_whichmodule
 
     objects = [getattr(scipy.special, n) for n in dir(scipy.special)[:80]] + [np.add, np.ufunc, json.dumps]
     for obj in objects:
@@ -114,7 +114,7 @@ def test_fast_whichmodule_equals_skops_whichmodule():
 def test_card_schema_is_a_valid_json_schema():
     from jsonschema.validators import validator_for
 
-    from KiMapLib.model_bundle import card_schema
+    from KiMapLib.model.bundle import card_schema
 
     schema = card_schema()
     validator_for(schema).check_schema(schema)
@@ -129,9 +129,9 @@ def test_model_loads_the_same_in_the_kimap_process(bundle, tmp_path):
     import numpy as np
 
     script = ("import sys, json, numpy as np\n"
-              "from KiMapLib import skops_import\n"
+              "from KiMapLib.model import skops_import\n"
               "if sys.argv[2] == 'own': skops_import.claim_process()\n"
-              "from KiMapLib.model_bundle import load_model\n"
+              "from KiMapLib.model.bundle import load_model\n"
               "model = load_model(sys.argv[1])\n"
               "from skops.io import _trusted_types as t\n"
               "x = np.linspace(-1, 1, 3 * len(model.input_features)).reshape(3, -1)\n"

@@ -20,10 +20,13 @@ import SimpleITK as sitk
 slicer = pytest.importorskip("slicer")
 pytest.importorskip("vtk")
 
-from KiMapLib import geometry, mapping, mrml_logic, prediction  # noqa: E402
+from KiMapLib import mrml_logic  # noqa: E402  (the deprecated alias, kept working for one release)
 from KiMapLib.errors import BiopsyError, Cancelled, GeometryError, KiMapError  # noqa: E402
-from KiMapLib.mrml_logic import KiMapLogic  # noqa: E402
+from KiMapLib.inputs import geometry  # noqa: E402
+from KiMapLib.maps import mapping  # noqa: E402
+from KiMapLib.model import prediction  # noqa: E402
 from KiMapLib.settings import ExtractionSettings  # noqa: E402
+from KiMapLib.slicer.logic import KiMapLogic  # noqa: E402
 
 SHAPE_KJI = (24, 40, 40)
 SPACING = (1.1, 0.9, 2.2)
@@ -208,7 +211,7 @@ def test_predict_biopsies_table(case_scene, probe):
     logic = KiMapLogic()
     case_scene.markups.AddControlPoint(*(case_scene.ijk_to_ras @ np.array([19, 19, 12, 1.0]))[:3], "EDGE")
     table = logic.predictBiopsies(volumes_of(case_scene), case_scene.markups, probe, measuredKi67={"B2": 21.5})
-    rows = mrml_logic._table_values(table)
+    rows = mrml_logic.table_values(table)
     assert [row["biopsy"] for row in rows] == ["B1", "B2", "B3", "EDGE"]
     assert [table.GetTable().GetColumn(n).GetName() for n in range(table.GetNumberOfColumns())] == [
         name for name, *_ in mrml_logic.TABLE_COLUMNS]
@@ -228,7 +231,7 @@ def test_predict_biopsies_table(case_scene, probe):
     before = scene_state(case_scene.scene)
     logic.predictBiopsies(volumes_of(case_scene), case_scene.markups, probe, tableNode=table)
     assert scene_state(case_scene.scene) == before
-    rows = mrml_logic._table_values(table)
+    rows = mrml_logic.table_values(table)
     assert rows[0]["measured_ki67"] == 33.0 and rows[1]["measured_ki67"] == 21.5
 
 
@@ -240,7 +243,7 @@ def test_table_ki67_matches_map_at_points(case_scene, probe):
     ras_to_ijk = np.linalg.inv(node_ijk_to_ras(ki67_node))
     array = slicer.util.arrayFromVolume(ki67_node)
     slope = np.linalg.norm([0.8, 0.5, 0.3]) * max(SPACING)  # the probe changes at most this much within a voxel
-    for row in mrml_logic._table_values(table):
+    for row in mrml_logic.table_values(table):
         i, j, k = np.rint(ras_to_ijk @ np.array([row["r"], row["a"], row["s"], 1.0]))[:3].astype(int)
         assert abs(array[k, j, i] - row["predicted_ki67"]) <= slope
 
@@ -294,7 +297,7 @@ def test_mrb_round_trip(case_scene, probe, tmp_path):
     mrml_logic.set_slice_viewer_layers(case_scene.volumes["t1c"], ki67_node, opacity=0.7)
     ki67 = slicer.util.arrayFromVolume(ki67_node).copy()
     points = slicer.util.arrayFromMarkupsControlPoints(case_scene.markups).copy()
-    rows = mrml_logic._table_values(table)
+    rows = mrml_logic.table_values(table)
     path = mrml_logic.save_scene_mrb(tmp_path / "kimap.mrb")
     assert any(name.endswith(".mrml") for name in zipfile.ZipFile(path).namelist())
 
@@ -314,7 +317,7 @@ def test_mrb_round_trip(case_scene, probe, tmp_path):
     markups = slicer.util.getFirstNodeByClassByName("vtkMRMLMarkupsFiducialNode", "Biopsies", scene)
     np.testing.assert_allclose(slicer.util.arrayFromMarkupsControlPoints(markups), points, atol=1e-6)
     loaded_table = slicer.util.getFirstNodeByClassByName("vtkMRMLTableNode", table.GetName(), scene)
-    loaded_rows = mrml_logic._table_values(loaded_table)
+    loaded_rows = mrml_logic.table_values(loaded_table)
     assert [r["biopsy"] for r in loaded_rows] == [r["biopsy"] for r in rows]
     for old, new in zip(rows, loaded_rows, strict=True):
         for key in ("predicted_ki67", "probability_high", "measured_ki67"):
@@ -377,7 +380,7 @@ def test_packaged_model_end_to_end(case_scene):
     """The real pipeline (features + packaged model) on the small oblique scene, when the model is installed."""
     if mrml_logic.dependency_message():
         pytest.skip(mrml_logic.dependency_message())
-    from KiMapLib import model_bundle
+    from KiMapLib.model import bundle as model_bundle
 
     try:
         model = model_bundle.load_model()
@@ -390,7 +393,7 @@ def test_packaged_model_end_to_end(case_scene):
     region = slicer.util.addVolumeFromArray(small, ijkToRAS=case_scene.ijk_to_ras, name="small region",
                                             nodeClassName="vtkMRMLLabelMapVolumeNode")
     table = logic.predictBiopsies(volumes, case_scene.markups, model)
-    rows = mrml_logic._table_values(table)
+    rows = mrml_logic.table_values(table)
     assert all(math.isfinite(row["predicted_ki67"]) for row in rows)
     ki67_node, _ = logic.computeMap(volumes, region, model)
     array = slicer.util.arrayFromVolume(ki67_node)
@@ -400,9 +403,9 @@ def test_packaged_model_end_to_end(case_scene):
 
 def test_demo_scene_writes_mrb_that_reloads_with_overlay(tmp_path):
     """``write_demo_scene`` (called by ``make demo``): the .mrb reopens with map, color node, markups and table."""
-    from KiMapLib.biopsies import Biopsy
-    from KiMapLib.case import prepare_case
-    from KiMapLib.demo_scene import write_demo_scene
+    from KiMapLib.inputs.biopsies import Biopsy
+    from KiMapLib.inputs.case import prepare_case
+    from KiMapLib.slicer.demo_scene import write_demo_scene
 
     source = make_case_scene()
     images = {name: mrml_logic.image_from_node(node, name) for name, node in source.volumes.items()}
@@ -432,15 +435,15 @@ def test_demo_scene_writes_mrb_that_reloads_with_overlay(tmp_path):
     markups = slicer.util.getFirstNodeByClassByName("vtkMRMLMarkupsFiducialNode", "Biopsies", scene)
     assert markups.GetNumberOfControlPoints() == 2 and markups.GetNthControlPointLabel(1) == "B2"
     table = slicer.util.getFirstNodeByClassByName("vtkMRMLTableNode", "Biopsies ki67", scene)
-    rows_loaded = mrml_logic._table_values(table)
+    rows_loaded = mrml_logic.table_values(table)
     assert [float(r["measured_ki67"]) for r in rows_loaded] == [10.0, 20.0]
     composite = scene.GetSingletonNode("Red", "vtkMRMLSliceCompositeNode")
     assert composite.GetForegroundVolumeID() == ki67[0].GetID()
 
 
 def test_export_map_dicom_planning_from_the_scene(case_scene, probe, tmp_path):
-    from KiMapLib.dicom_io import write_mr_series
-    from KiMapLib.mrml_logic import image_from_node
+    from KiMapLib.inputs.dicom import write_mr_series
+    from KiMapLib.slicer.logic import image_from_node
 
     logic = KiMapLogic()
     ki67_node, _ = logic.computeMap(volumes_of(case_scene), case_scene.label, probe)

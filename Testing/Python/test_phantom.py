@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from KiMapLib.biopsies import read_biopsies_csv
+from KiMapLib.app.phantom_command import add_parser
 from KiMapLib.errors import KiMapError
-from KiMapLib.geometry import nearest_voxel, same_grid
-from KiMapLib.phantom import INSTITUTIONS, SYNTHETIC_NOTICE, add_parser, generate_cohort, generate_patient
+from KiMapLib.inputs.biopsies import read_biopsies_csv
+from KiMapLib.inputs.geometry import nearest_voxel, same_grid
+from KiMapLib.phantom import INSTITUTIONS, SYNTHETIC_NOTICE, generate_cohort, generate_patient
 from KiMapLib.settings import SEQUENCES
 
 SEEDS = (11, 12, 13, 14)

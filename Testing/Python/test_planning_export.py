@@ -14,10 +14,13 @@ import pytest
 import SimpleITK as sitk
 from dicom_case import dciodvfy, dciodvfy_executable, oblique_volume, rasterize, write_map_dir
 
-from KiMapLib import dicom_io, export_rtstruct, planning_export
+from KiMapLib.app import export_command
 from KiMapLib.errors import GeometryError, KiMapError
-from KiMapLib.export_parametric import OUTSIDE_VALUE, read_parametric_map
-from KiMapLib.geometry import same_grid
+from KiMapLib.export import planning as planning_export
+from KiMapLib.export import rtstruct as export_rtstruct
+from KiMapLib.export.parametric import OUTSIDE_VALUE, read_parametric_map
+from KiMapLib.inputs import dicom as dicom_io
+from KiMapLib.inputs.geometry import same_grid
 
 IDENTITY = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyInstanceUID", "StudyDate",
             "StudyTime", "StudyID", "AccessionNumber", "ReferringPhysicianName")
@@ -196,7 +199,7 @@ def test_nrrd_and_nifti_in_source_geometry(case):
 
 def test_configurable_levels_and_cli(case, tmp_path, capsys):
     parser = argparse.ArgumentParser()
-    planning_export.add_parser(parser.add_subparsers())
+    export_command.add_parser(parser.add_subparsers())
     args = parser.parse_args(["export", "--map", str(case["root"] / "map"), "--reference-dicom",
                               str(case["root"] / "t1c"), "--out", str(tmp_path / "cli"), "--level", "ki67>=30",
                               "--level", "prob>=0.8", "--formats", "dicom,nrrd"])
@@ -317,7 +320,7 @@ def test_contours_round_trip_on_hard_masks(case):
     """Islands, holes, diagonal-only contacts (checkerboard) and masks touching the border rasterize back exactly."""
     from scipy import ndimage
 
-    from KiMapLib.export_rtstruct import index_to_lps, mask_contours, rasterize_contours
+    from KiMapLib.export.rtstruct import index_to_lps, mask_contours, rasterize_contours
 
     reference = case["t1c"]
     size = reference.GetSize()

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from KiMapLib.training import TrainingConfig, build_pipeline, lopo_predictions, regression_metrics, train
+from KiMapLib.model.training import TrainingConfig, build_pipeline, lopo_predictions, regression_metrics, train
 
 
 def identity_only_table(seed: int = 0, patients: int = 12, biopsies: int = 6) -> list[dict]:
@@ -30,7 +30,7 @@ def test_lopo_on_patient_identity_signal_gives_no_skill(estimator):
     from sklearn.model_selection import KFold, cross_val_predict
 
     columns = result.card["input_features"]
-    from KiMapLib.design import design_matrix
+    from KiMapLib.model.design import design_matrix
 
     matrix = design_matrix(rows, columns)
     target = np.array([r["ki67"] for r in rows])
@@ -51,7 +51,7 @@ def test_regression_metrics_values():
 def test_folds_never_train_on_the_held_out_patient(monkeypatch):
     rows = identity_only_table(patients=4, biopsies=3)
     seen = []
-    import KiMapLib.training as training
+    import KiMapLib.model.training as training
 
     original = training.build_pipeline
 
@@ -68,7 +68,7 @@ def test_folds_never_train_on_the_held_out_patient(monkeypatch):
             return self.pipeline.predict(matrix)
 
     monkeypatch.setattr(training, "build_pipeline", lambda config, n: Spy(original(config, n)))
-    from KiMapLib.design import design_matrix
+    from KiMapLib.model.design import design_matrix
 
     columns = [c for c in rows[0] if "_original_" in c]
     groups = np.array([r["patient_id"] for r in rows])
@@ -77,7 +77,7 @@ def test_folds_never_train_on_the_held_out_patient(monkeypatch):
 
 
 def test_card_and_probability_are_consistent(tiny_model_dir):
-    from KiMapLib.model_bundle import load_model
+    from KiMapLib.model.bundle import load_model
 
     model = load_model(tiny_model_dir)
     assert model.card["cv"]["scheme"] == "leave-one-patient-out"

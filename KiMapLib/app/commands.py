@@ -1,0 +1,208 @@
+"""The pipeline sub-commands: ``extract``, ``train`` and ``map``."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+from KiMapLib.errors import KiMapError
+from KiMapLib.features.table import read_table, write_table
+from KiMapLib.inputs.biopsies import Biopsy, read_biopsies
+from KiMapLib.inputs.case import prepare_case
+from KiMapLib.inputs.images import parse_volume_args, read_volume, read_volumes
+from KiMapLib.settings import SEQUENCES, ExtractionSettings
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    extract = subparsers.add_parser("extract", help="radiomic features around biopsy points -> cohort table")
+    source = extract.add_mutually_exclusive_group(required=True)
+    source.add_argument("--volume", action="append", metavar="NAME=PATH",
+                        help="a sequence (t1c, t2, flair, adc) of one patient; repeat per sequence")
+    source.add_argument("--cohort", type=Path, metavar="DIR",
+                        help="a folder of patient folders, each with <sequence>.nrrd and biopsies.csv")
+    extract.add_argument("--biopsies", type=Path, help="CSV (RAS mm) or .mrk.json (with --volume)")
+    extract.add_argument("--patient-id", help="patient id for a .mrk.json or a CSV without patient_id")
+    extract.add_argument("--radius", type=float, default=ExtractionSettings.ball_radius_mm, help="ball radius, mm")
+    extract.add_argument("--bin-width", type=float, default=ExtractionSettings.bin_width)
+    extract.add_argument("--out", type=Path, required=True, help="cohort table CSV to write")
+    extract.set_defaults(func=run_extract)
+
+    train = subparsers.add_parser("train", help="train + leave-one-patient-out validation -> model bundle")
+    train.add_argument("--features", type=Path, required=True, help="cohort table from `kimap extract`")
+    train.add_argument("--out", type=Path, required=True, help="model bundle folder to write")
+    train.add_argument("--target", default="ki67")
+    train.add_argument("--group", default="patient_id", help="column that identifies the patient")
+    train.add_argument("--threshold", type=float, default=20.0, help="ki67 %% for P(ki67 >= threshold)")
+    train.add_argument("--estimator", default="ridge", choices=("rf", "ridge"))
+    train.add_argument("--k-features", type=int, default=20)
+    train.add_argument("--model-id", default="kimap-ki67-custom")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--data-description", default="")
+    train.add_argument("--register", action="store_true",
+                       help="make the bundle (inside Resources/Models) the packaged default in Models.json")
+    train.set_defaults(func=run_train)
+
+    mapper = subparsers.add_parser("map", help="whole-tumor ki67 and probability maps")
+    mapper.add_argument("--volume", action="append", required=True, metavar="NAME=PATH")
+    mapper.add_argument("--region", type=Path, help="tumor label volume (voxels > 0 are mapped); default: "
+                        "automatic FLAIR/T2 hyperintensity region")
+    mapper.add_argument("--model", type=Path, help="model bundle folder (default: the packaged model)")
+    mapper.add_argument("--biopsies", type=Path, help="optional biopsy points to mark on the overlay")
+    mapper.add_argument("--age", type=float)
+    mapper.add_argument("--sex", choices=("F", "M"))
+    mapper.add_argument("--tumor-type", choices=("primary", "recurrent"))
+    mapper.add_argument("--formats", default="nrrd", help="comma-separated: nrrd,nifti")
+    mapper.add_argument("--out", type=Path, required=True, help="output folder")
+    mapper.set_defaults(func=run_map)
+
+
+def _settings(args: argparse.Namespace) -> ExtractionSettings:
+    return ExtractionSettings(ball_radius_mm=args.radius, bin_width=args.bin_width)
+
+
+def _cohort_patients(folder: Path) -> list[tuple[str, dict[str, Path], Path]]:
+    if not folder.is_dir():
+        raise KiMapError(f"not a folder: {folder}", input_name="--cohort")
+    patients = []
+    for patient in sorted(p for p in folder.iterdir() if (p / "biopsies.csv").is_file()):
+        volumes = {name: patient / f"{name}.nrrd" for name in SEQUENCES if (patient / f"{name}.nrrd").is_file()}
+        patients.append((patient.name, volumes, patient / "biopsies.csv"))
+    if not patients:
+        raise KiMapError(f"no patient folders with biopsies.csv in {folder}", input_name="--cohort")
+    return patients
+
+
+def extract_patient(volumes: dict[str, Path], biopsies: list[Biopsy], settings: ExtractionSettings,
+                    progress=None) -> tuple[list[dict], list[KiMapError]]:
+    from KiMapLib.features.extraction import extract_biopsies
+
+    case = prepare_case(read_volumes(volumes), settings)
+    for note in case.notes:
+        print(f"note: {note}", file=sys.stderr)
+    return extract_biopsies(case, biopsies, progress)
+
+
+def run_extract(args: argparse.Namespace) -> int:
+    from KiMapLib.progress import progress_bar
+
+    settings = _settings(args)
+    if args.cohort:
+        patients = [(pid, vols, read_biopsies(csv_path, pid)) for pid, vols, csv_path in _cohort_patients(args.cohort)]
+    else:
+        if not args.biopsies:
+            raise KiMapError("--biopsies is required with --volume", input_name="--biopsies")
+        biopsies = read_biopsies(args.biopsies, args.patient_id)
+        patients = [(args.patient_id or "patient", parse_volume_args(args.volume), biopsies)]
+    rows: list[dict] = []
+    errors: list[KiMapError] = []
+    for pid, volumes, biopsies in patients:
+        with progress_bar(f"extract {pid}") as progress:
+            patient_rows, patient_errors = extract_patient(volumes, biopsies, settings, progress)
+        rows += patient_rows
+        errors += patient_errors
+    for error in errors:
+        print(f"kimap extract: error: {error}", file=sys.stderr)
+    if not rows:
+        raise KiMapError("no biopsy could be extracted; nothing written", input_name="--biopsies")
+    write_table(rows, args.out)
+    args.out.with_suffix(".settings.json").write_text(json.dumps(settings.to_dict(), indent=2) + "\n")
+    print(f"{len(rows)} biopsies x {sum('_original_' in k for k in rows[0])} features -> {args.out}"
+          + (f" ({len(errors)} biopsies failed, listed above)" if errors else ""))
+    return 1 if errors else 0
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from KiMapLib.model.bundle import save_bundle
+    from KiMapLib.model.plots import calibration, predicted_vs_measured
+    from KiMapLib.model.training import TrainingConfig, train
+    from KiMapLib.progress import progress_bar
+
+    rows = read_table(args.features)
+    config = TrainingConfig(target=args.target, group=args.group, threshold_percent=args.threshold,
+                            estimator=args.estimator, k_features=args.k_features, seed=args.seed)
+    settings = _table_settings(args.features)
+    with progress_bar("train (leave-one-patient-out)") as progress:
+        result = train(rows, config, settings=settings, model_id=args.model_id,
+                       data_description=args.data_description, progress=progress)
+    with tempfile.TemporaryDirectory() as folder:
+        reports = Path(folder)
+        labels = [str(b.get("institution") or "all") for b in result.report["biopsies"]]
+        predicted_vs_measured(result.measured, result.predicted, labels, result.report["cv"],
+                              reports / "predicted_vs_measured.png")
+        calibration(result.measured >= config.threshold_percent, result.probability, reports / "calibration.png",
+                    config.threshold_percent)
+        (reports / "cv_report.json").write_text(json.dumps(result.report, indent=2) + "\n")
+        save_bundle(result.pipeline, result.card, args.out, extra_files={p.name: p.read_bytes() for p in
+                                                                          reports.iterdir()})
+    if args.register:
+        from KiMapLib.model.bundle import register_packaged
+
+        register_packaged(args.out)
+    cv = result.report["cv"]
+    print(f"LOPO over {cv['folds']} patients: RMSE {cv['rmse']:.2f} %, R² {cv['r2']:.3f}, MSE {cv['mse']:.2f}, "
+          f"AUC {cv['auc']:.3f}, Brier {cv['brier']:.3f}")
+    print(f"model bundle -> {args.out} (cv_report.json, predicted_vs_measured.png, calibration.png)")
+    return 0
+
+
+def _table_settings(path: Path) -> ExtractionSettings:
+    """Extraction settings recorded beside a table (``<table>.settings.json``), else the defaults."""
+    sidecar = path.with_suffix(".settings.json")
+    return ExtractionSettings.from_dict(json.loads(sidecar.read_text())) if sidecar.exists() else ExtractionSettings()
+
+
+def _preload(kernels_loaded: threading.Event) -> None:
+    """In the background, in the order they are needed: the engine (numba) and its compiled kernels (then
+    ``kernels_loaded`` is set: the model's reader starts), then matplotlib for the overlay. A failure here shows
+    again, as a clear error, where the map needs the part."""
+    try:
+        from KiMapLib.features.featuremaps import warm_up
+
+        warm_up()
+    except Exception:
+        pass
+    finally:
+        kernels_loaded.set()  # whatever happened: the model's reader must not wait forever
+    with contextlib.suppress(Exception):
+        from KiMapLib.model.plots import pyplot
+
+        pyplot()
+
+
+def run_map(args: argparse.Namespace) -> int:
+    from KiMapLib.app.cli import print_json
+    from KiMapLib.features.extraction import biopsy_voxel
+    from KiMapLib.maps.mapping import compute_map, write_map
+    from KiMapLib.model.bundle import load_model
+    from KiMapLib.progress import progress_bar
+
+    # the compiled feature kernels, skops (reading the model) and matplotlib (the overlay) take about a second each
+    # to load: they load in the background, kernels first, while the volumes are read and the features computed;
+    # the model file is verified before anything runs
+    kernels_loaded = threading.Event()
+    threading.Thread(target=_preload, args=(kernels_loaded,), name="kimap-preload", daemon=True).start()
+    model = load_model(args.model, background=True, start_after=kernels_loaded)
+    volumes = read_volumes(parse_volume_args(args.volume))
+    case = prepare_case(volumes, model.settings, required=model.required_sequences)
+    region = read_volume(args.region, "region") if args.region else None
+    covariates = {"age": args.age, "sex": args.sex, "tumor_type": args.tumor_type}
+    with progress_bar("ki67 map") as progress:
+        result = compute_map(case, model, region, {k: v for k, v in covariates.items() if v is not None}, progress)
+    points = []
+    if args.biopsies:
+        for biopsy in read_biopsies(args.biopsies):
+            try:
+                points.append(biopsy_voxel(case, biopsy))
+            except KiMapError as error:
+                print(f"note: {error}", file=sys.stderr)
+    formats = tuple(f.strip() for f in args.formats.split(",") if f.strip())
+    write_map(result, args.out, formats, points_ijk=points)
+    print_json({k: result.summary[k] for k in ("model_id", "region", "region_voxels", "mapped_voxels", "method",
+                                               "timings_s")})
+    print(f"ki67_map, ki67_probability, overlay.png, summary.json -> {args.out}")
+    return 0

@@ -1,0 +1,108 @@
+"""Reading MRI sequences and checking that they can be used together (grid, overlap, finite values)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from KiMapLib.errors import GeometryError, KiMapError
+from KiMapLib.inputs.geometry import check_orthonormal, grid_description, overlap_fraction, resample_onto, same_grid
+from KiMapLib.settings import SEQUENCES
+
+#: Below this fraction of the t1c grid covered by another sequence, the volumes are refused as not coregistered.
+MIN_OVERLAP = 0.5
+
+
+def read_volume(path: str | Path, name: str = "volume") -> sitk.Image:
+    """Read one 3D volume from any file SimpleITK reads (NRRD, NIfTI, MHA) or a DICOM series folder."""
+    path = Path(path)
+    if not path.exists():
+        raise KiMapError(f"file not found: {path}", input_name=name, hint="check the path")
+    if path.is_dir():
+        from KiMapLib.inputs import dicom as dicom_io  # optional: DICOM support lives in its own module
+
+        return dicom_io.read_series(path, name=name)
+    try:
+        image = sitk.ReadImage(str(path))
+    except RuntimeError as error:
+        first_line = str(error).strip().splitlines()[-1] if str(error).strip() else "unreadable"
+        raise KiMapError(f"cannot read {path.name} ({first_line})", input_name=name,
+                         hint="give a NRRD, NIfTI or MHA volume") from None
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise KiMapError("expected a scalar volume, got a multi-component image", input_name=name)
+    if image.GetDimension() != 3:
+        raise KiMapError(f"expected a 3D volume, got {image.GetDimension()}D", input_name=name)
+    return image
+
+
+def parse_volume_args(items: list[str]) -> dict[str, Path]:
+    """Parse CLI ``--volume NAME=PATH`` items into a mapping, checking the sequence names."""
+    volumes: dict[str, Path] = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        name = name.strip().lower()
+        if not sep or not path:
+            raise KiMapError(f"'{item}' is not NAME=PATH", input_name="--volume", hint="e.g. --volume t1c=t1c.nrrd")
+        if name not in SEQUENCES:
+            raise KiMapError(f"unknown sequence '{name}'", input_name="--volume",
+                             hint=f"use one of {', '.join(SEQUENCES)}")
+        if name in volumes:
+            raise KiMapError(f"sequence '{name}' given twice", input_name="--volume")
+        volumes[name] = Path(path)
+    return volumes
+
+
+def read_volumes(paths: dict[str, str | Path]) -> dict[str, sitk.Image]:
+    """Read every named sequence."""
+    return {name: read_volume(path, name) for name, path in paths.items()}
+
+
+def align_to_t1c(volumes: dict[str, sitk.Image]) -> tuple[dict[str, sitk.Image], list[str]]:
+    """Check all sequences against the t1c grid; resample those on another (overlapping) grid onto it.
+
+    Returns the aligned float32 images and notes saying what was resampled. Refuses volumes that do not
+    overlap the t1c physically, are not 3D, have sheared grids, or contain NaN/Inf inside the image.
+    """
+    if "t1c" not in volumes:
+        raise KiMapError("no t1c volume given", input_name="t1c", hint="every model and map is defined on the t1c grid")
+    reference = volumes["t1c"]
+    aligned: dict[str, sitk.Image] = {}
+    notes: list[str] = []
+    for name, image in volumes.items():
+        check_orthonormal(image, name)
+        image = sitk.Cast(image, sitk.sitkFloat32)
+        values = sitk.GetArrayViewFromImage(image)
+        bad = ~np.isfinite(values)
+        if bad.any():
+            raise KiMapError(f"{int(bad.sum())} voxels are NaN or Inf", input_name=name,
+                             hint="fix or mask the volume before running KiMap")
+        if name != "t1c" and not same_grid(image, reference):
+            fraction = overlap_fraction(reference, image)
+            if fraction < MIN_OVERLAP:
+                raise GeometryError(
+                    f"does not overlap the t1c physically ({fraction:.0%} of the t1c field of view covered)",
+                    input_name=name, hint="give coregistered volumes (same patient space as t1c)",
+                )
+            notes.append(f"{name}: resampled ({grid_description(image)}) onto the t1c grid "
+                         f"({grid_description(reference)}) with linear interpolation")
+            image = resample_onto(image, reference)
+        aligned[name] = image
+    return aligned, notes
+
+
+def check_region(region: sitk.Image, reference: sitk.Image, name: str = "region") -> sitk.Image:
+    """A region label on the t1c grid as uint8 (labels > 0), resampling nearest-neighbour if it overlaps."""
+    check_orthonormal(region, name)
+    if not same_grid(region, reference):
+        if overlap_fraction(reference, region) == 0.0:
+            raise GeometryError("does not overlap the t1c volume", input_name=name,
+                                hint="give a label volume in the t1c's physical space")
+        region = resample_onto(region, reference, interpolator=sitk.sitkNearestNeighbor)
+    array = sitk.GetArrayFromImage(region)
+    mask = sitk.GetImageFromArray((array > 0).astype(np.uint8))
+    mask.CopyInformation(reference)
+    if not array.any():
+        raise KiMapError("the region is empty (no voxel > 0)", input_name=name, hint="give a non-empty tumor label")
+    return mask

@@ -1,0 +1,58 @@
+"""Pictures of a model's validation: predicted vs measured, and the probability's calibration."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def pyplot():
+    """matplotlib's pyplot on the Agg backend (no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def predicted_vs_measured(measured: np.ndarray, predicted: np.ndarray, labels: list[str], metrics: dict,
+                          path: str | Path, title: str = "Leave-one-patient-out") -> None:
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(5.2, 5), dpi=120)
+    for label in sorted(set(labels)):
+        chosen = np.array(labels) == label
+        ax.scatter(measured[chosen], predicted[chosen], s=18, alpha=0.8, label=label)
+    top = float(max(measured.max(), predicted.max(), 1.0)) * 1.05
+    ax.plot([0, top], [0, top], color="0.4", lw=1, ls="--", label="identity")
+    ax.set(xlim=(0, top), ylim=(0, top), xlabel="measured ki67 (%)", ylabel="predicted ki67 (%)",
+           title=f"{title}\nRMSE {metrics['rmse']:.2f} %, R² {metrics['r2']:.2f}, n = {len(measured)}")
+    ax.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def calibration(high: np.ndarray, probability: np.ndarray, path: str | Path, threshold: float, bins: int = 8) -> None:
+    plt = pyplot()
+    edges = np.linspace(0, 1, bins + 1)
+    which = np.clip(np.digitize(probability, edges) - 1, 0, bins - 1)
+    centres, observed, counts = [], [], []
+    for b in range(bins):
+        chosen = which == b
+        if chosen.any():
+            centres.append(probability[chosen].mean())
+            observed.append(high[chosen].mean())
+            counts.append(int(chosen.sum()))
+    fig, ax = plt.subplots(figsize=(5, 5), dpi=120)
+    ax.plot([0, 1], [0, 1], color="0.4", lw=1, ls="--", label="perfect calibration")
+    ax.plot(centres, observed, "o-", label="held-out patients")
+    for x, y, n in zip(centres, observed, counts, strict=True):
+        ax.annotate(str(n), (x, y), textcoords="offset points", xytext=(4, -10), fontsize=7)
+    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel=f"predicted P(ki67 ≥ {threshold:g} %)",
+           ylabel="observed fraction", title="Calibration (leave-one-patient-out)")
+    ax.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

@@ -1,0 +1,39 @@
+"""Predict ki67 at biopsy points: extraction on the model's sequences and settings, then the model."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from KiMapLib.errors import BiopsyError, ModelError
+from KiMapLib.features.extraction import extract_biopsies
+from KiMapLib.inputs.biopsies import Biopsy
+from KiMapLib.inputs.case import Case
+from KiMapLib.model.bundle import KiMapModel
+from KiMapLib.progress import ProgressCallback, scaled
+
+
+def check_case_for_model(case: Case, model: KiMapModel) -> None:
+    """The case must hold every sequence the model needs and use the model's extraction settings."""
+    missing = [name for name in model.required_sequences if name not in case.images]
+    if missing:
+        raise ModelError(f"model {model.model_id} needs {', '.join(model.required_sequences)}; "
+                         f"{', '.join(missing)} missing", input_name=missing[0],
+                         hint=f"give the {missing[0]} volume or choose a model that does not need it")
+    if case.settings != model.settings:
+        raise ModelError("the case was prepared with other extraction settings than the model's",
+                         input_name="settings", hint="prepare the case with model.settings")
+
+
+def predict_biopsies(case: Case, biopsies: Sequence[Biopsy], model: KiMapModel,
+                     progress: ProgressCallback | None = None) -> tuple[list[dict], list[BiopsyError]]:
+    """Rows with features, ``predicted_ki67`` (%) and ``probability_high``; bad points become errors."""
+    check_case_for_model(case, model)
+    rows, errors = extract_biopsies(case, biopsies, scaled(progress, 0.0, 0.95))
+    if rows:
+        ki67, probability = model.predict_rows(rows)
+        for row, value, p in zip(rows, ki67, probability, strict=True):
+            row["predicted_ki67"] = float(value)
+            row["probability_high"] = float(p)
+    if progress:
+        progress(1.0, "predicted")
+    return rows, errors

@@ -1,0 +1,311 @@
+"""The console API, :class:`KiMapLogic`: Slicer nodes in, Slicer nodes out (called by the module and the web app).
+
+It runs inside 3D Slicer and on the ``slicer-core`` wheel (no Qt, no application): nothing here opens a dialog or
+touches the layout. Bad input raises :class:`KiMapLib.errors.KiMapError` with a one-line message *before* any node
+is added or changed, so a failed or cancelled call leaves the scene as it was.
+
+Map nodes keep the files' convention: NaN outside the mapped region. Slicer's slice pipeline (the same CPU reslice +
+threshold + blend in Slicer and in ``vtkMRMLSliceLogic`` on slicer-core, checked by the tests) makes NaN voxels
+transparent because they fail the display threshold, as are values below ``lowerThreshold``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+import slicer
+
+from KiMapLib.errors import GeometryError, KiMapError
+from KiMapLib.inputs import geometry
+from KiMapLib.progress import ProgressCallback, report, scaled
+from KiMapLib.slicer.dependencies import dependency_message, require_dependencies
+from KiMapLib.slicer.display import (
+    ATTRIBUTE_MAP,
+    ATTRIBUTE_MODEL,
+    ATTRIBUTE_PARTNER,
+    ATTRIBUTE_SUMMARY,
+    ATTRIBUTE_T1C,
+    ATTRIBUTE_TABLE,
+    color_table_node,
+    set_map_display,
+    unit,
+)
+from KiMapLib.slicer.markups import biopsies_from_markups, check_points_inside
+from KiMapLib.slicer.nodes import image_from_node, region_image, update_node_from_image, volume_images
+from KiMapLib.slicer.tables import fill_table, measured_ki67_from_table, write_table_csv
+
+
+class KiMapLogic:
+    """Predict biopsies, compute and export ki67 maps on a MRML scene. Nodes in, nodes out, no dialogs.
+
+    ``progress(fraction, message)`` callbacks may return False to cancel (:class:`KiMapLib.errors.Cancelled`).
+    """
+
+    def __init__(self, scene=None):
+        self._scene = scene
+
+    @property
+    def scene(self):
+        return self._scene or slicer.mrmlScene
+
+    # -- model --------------------------------------------------------------------------------------------------
+
+    @staticmethod
+    def dependencyMessage() -> str | None:
+        """None when pyradiomics and scikit-learn are importable, else what to install."""
+        return dependency_message()
+
+    @staticmethod
+    def loadModel(path: str | Path | None = None):
+        """The packaged model (``path=None``) or a model bundle folder/file; see ``KiMapLib.model.bundle``."""
+        require_dependencies()
+        from KiMapLib.model.bundle import load_model
+
+        return load_model(path)
+
+    @staticmethod
+    def modelCardText(model) -> str:
+        """A short HTML summary of a model card: sequences, training data, metrics and the research-use notice."""
+        card = dict(getattr(model, "card", {}) or {})
+        sequences = ", ".join(getattr(model, "required_sequences", ()) or card.get("required_sequences", ()))
+        lines = [f"<b>{card.get('model_id', getattr(model, 'model_id', 'model'))}</b>",
+                 f"Required sequences: {sequences or 'not stated'}"]
+        threshold = getattr(model, "threshold_percent", card.get("threshold_percent"))
+        if threshold is not None:
+            lines.append(f"P(high) = probability that ki67 &gt; {threshold:g} %")
+        shown = {"model_id", "required_sequences", "threshold_percent", "notice", "research_use_notice",
+                 "intended_use", "extraction_settings", "settings", "features"}
+        for key, value in card.items():
+            if key in shown or value in (None, "", [], {}):
+                continue
+            if isinstance(value, Mapping):
+                value = ", ".join(f"{k}: {_short(v)}" for k, v in value.items() if not isinstance(v, (dict, list)))
+            lines.append(f"{key.replace('_', ' ').capitalize()}: {_short(value)}")
+        notice = card.get("research_use_notice") or card.get("notice") or card.get("intended_use") or (
+            "Research use only: not a medical device; no clinical validity is claimed.")
+        lines.append(f"<i>{notice}</i>")
+        return "<br>".join(lines)
+
+    def _resolve_model(self, model):
+        return self.loadModel() if model is None else model
+
+    def _case(self, volume_nodes, model, progress: ProgressCallback | None):
+        from KiMapLib.inputs.case import prepare_case
+
+        images = volume_images(volume_nodes)
+        report(progress, 0.0, "checking volumes")
+        required = tuple(getattr(model, "required_sequences", ()) or ()) or None
+        return prepare_case(images, settings=getattr(model, "settings", None), required=required)
+
+    # -- biopsies -----------------------------------------------------------------------------------------------
+
+    def predictBiopsies(self, volumeNodes: Mapping[str, object], markupsNode, model=None, tableNode=None,
+                        covariates: Mapping[str, object] | None = None, patientId: str | None = None,
+                        measuredKi67: Mapping[str, float] | None = None, progress: ProgressCallback | None = None):
+        """Predicted ki67 and P(high) at each placed point of ``markupsNode``, as a table node.
+
+        ``tableNode`` (optional) is refilled in place; measured ki67 already typed into it is kept by point label
+        (``measuredKi67``, label -> %, adds or overrides values).
+        Raises :class:`KiMapError` (missing sequence, point outside the volume, volumes that do not overlap)
+        before touching the scene. A point whose neighbourhood cannot be used gets a note in its row.
+        """
+        require_dependencies()
+        from KiMapLib.model import prediction
+
+        model = self._resolve_model(model)
+        case = self._case(volumeNodes, model, scaled(progress, 0.0, 0.1))
+        biopsies = biopsies_from_markups(markupsNode, patientId, covariates)
+        check_points_inside(biopsies, case.reference)
+        measured = measured_ki67_from_table(tableNode)
+        measured.update({str(label): float(value) for label, value in (measuredKi67 or {}).items()})
+        for biopsy in biopsies:
+            biopsy.ki67 = measured.get(biopsy.biopsy_id)
+        rows, errors = prediction.predict_biopsies(case, biopsies, model, progress=scaled(progress, 0.1, 0.95))
+        if not rows and errors:
+            raise errors[0]
+        by_id = {str(row["biopsy_id"]): row for row in rows}
+        records = []
+        for biopsy in biopsies:
+            row = by_id.get(biopsy.biopsy_id, {})
+            name = f"biopsy {biopsy.patient_id}/{biopsy.biopsy_id}"
+            note = "" if row else next((str(e) for e in errors if getattr(e, "input_name", None) == name),
+                                       "not predicted")
+            r, a, s = (float(v) for v in biopsy.ras)
+            records.append({"biopsy": biopsy.biopsy_id, "predicted_ki67": row.get("predicted_ki67"),
+                            "probability_high": row.get("probability_high"), "measured_ki67": biopsy.ki67,
+                            "r": r, "a": a, "s": s, "note": note})
+        report(progress, 0.97, "filling the table")
+        if tableNode is None:
+            tableNode = self.scene.AddNewNodeByClass(
+                "vtkMRMLTableNode", self.scene.GenerateUniqueName(f"{markupsNode.GetName()} ki67"))
+        fill_table(tableNode, records)
+        tableNode.SetAttribute(ATTRIBUTE_MODEL, str(getattr(model, "model_id", "")))
+        markupsNode.SetAttribute(ATTRIBUTE_TABLE, tableNode.GetID())
+        report(progress, 1.0, "done")
+        return tableNode
+
+    # -- map ----------------------------------------------------------------------------------------------------
+
+    def computeMap(self, volumeNodes: Mapping[str, object], regionNode=None, model=None, ki67Node=None,
+                   probabilityNode=None, covariates: Mapping[str, object] | None = None,
+                   lowerThreshold: float = 0.0, progress: ProgressCallback | None = None):
+        """The ki67 (%) and P(high) maps inside the tumor region, as two scalar volume nodes on the t1c grid.
+
+        ``regionNode``: a labelmap/scalar volume (voxels > 0) or a segmentation (its visible segments).
+        Existing ``ki67Node``/``probabilityNode`` are overwritten, otherwise new nodes are added. Display:
+        KiMap's color table, window 0-100 % (0-1), values below ``lowerThreshold`` and outside the region
+        transparent. Returns ``(ki67Node, probabilityNode)``.
+        """
+        require_dependencies()
+        from KiMapLib.inputs.images import check_region
+        from KiMapLib.maps import mapping
+
+        model = self._resolve_model(model)
+        case = self._case(volumeNodes, model, scaled(progress, 0.0, 0.05))
+        t1c_node = volumeNodes["t1c"]
+        region = region_image(regionNode, t1c_node)
+        if region is not None:
+            region = check_region(region, case.reference, "tumor region")
+        result = mapping.compute_map(case, model, region=region, covariates=dict(covariates) if covariates else None,
+                                     progress=scaled(progress, 0.05, 0.97))
+        # Everything below only adds/updates nodes: all checks and the computation are done.
+        nodes = self._writeMapNodes(t1c_node, result.ki67, result.probability, getattr(result, "summary", {}),
+                                    str(getattr(model, "model_id", "")), ki67Node, probabilityNode, lowerThreshold)
+        report(progress, 1.0, "done")
+        return nodes
+
+    def loadMap(self, mapDirectory: str | Path, t1cNode, lowerThreshold: float = 0.0):
+        """Load a map written by ``kimap map`` / :meth:`exportMap` (``ki67_map.nrrd`` or ``.nii.gz``, the
+        probability and ``summary.json``) as display-ready nodes on ``t1cNode``'s grid."""
+        folder = Path(mapDirectory)
+        images = {}
+        for key, stem in (("ki67", "ki67_map"), ("probability", "ki67_probability")):
+            path = next((folder / f"{stem}{suffix}" for suffix in (".nrrd", ".nii.gz") if (folder / f"{stem}{suffix}")
+                         .is_file()), None)
+            if path is None:
+                raise KiMapError(f"no {stem}.nrrd or {stem}.nii.gz in {folder}", input_name="map folder",
+                                 hint="give a folder written by `kimap map`")
+            images[key] = sitk.ReadImage(str(path), sitk.sitkFloat32)
+        reference = image_from_node(t1cNode, "t1c")
+        for image in images.values():
+            if not geometry.same_grid(image, reference):
+                raise GeometryError("the map is not on this t1c volume's grid", input_name="map folder",
+                                    hint="select the t1c the map was computed on")
+        summary_path = folder / "summary.json"
+        summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+        return self._writeMapNodes(t1cNode, images["ki67"], images["probability"], summary,
+                                   str(summary.get("model_id", "")), None, None, lowerThreshold)
+
+    def _writeMapNodes(self, t1c_node, ki67, probability, summary, model_id, ki67_node, probability_node,
+                       lower_threshold):
+        color_node = color_table_node(self.scene)
+        base = t1c_node.GetName()
+        ki67_node = ki67_node or self.scene.AddNewNodeByClass(
+            "vtkMRMLScalarVolumeNode", self.scene.GenerateUniqueName(f"{base} ki67"))
+        probability_node = probability_node or self.scene.AddNewNodeByClass(
+            "vtkMRMLScalarVolumeNode", self.scene.GenerateUniqueName(f"{base} P(high)"))
+        summary_text = json.dumps(_jsonable(summary or {}))
+        for node, image, kind in ((ki67_node, ki67, "ki67"), (probability_node, probability, "probability")):
+            update_node_from_image(node, sitk.Cast(image, sitk.sitkFloat32), reference_node=t1c_node)
+            node.SetAttribute(ATTRIBUTE_MAP, kind)
+            node.SetAttribute(ATTRIBUTE_MODEL, model_id)
+            node.SetAttribute(ATTRIBUTE_SUMMARY, summary_text)
+            node.SetAttribute(ATTRIBUTE_T1C, t1c_node.GetID())
+            node.SetVoxelValueUnits(unit("%" if kind == "ki67" else ""))
+            set_map_display(node, lower_threshold=lower_threshold if kind == "ki67" else 0.0, color_node=color_node)
+        ki67_node.SetAttribute(ATTRIBUTE_PARTNER, probability_node.GetID())
+        return ki67_node, probability_node
+
+    # -- export -------------------------------------------------------------------------------------------------
+
+    def exportMap(self, ki67Node, outputDirectory: str | Path, probabilityNode=None, tableNode=None,
+                  formats: tuple[str, ...] | list[str] = ("nrrd", "nifti"), folderName: str | None = None,
+                  referenceDicomDirectory: str | Path | None = None, levels: list[str] | None = None,
+                  progress: ProgressCallback | None = None) -> Path:
+        """Write the maps (NaN outside the region, as the command line writes them), region, summary, overlay
+        and the biopsy table (CSV) into a new folder ``outputDirectory/folderName`` and return that folder.
+
+        The folder (default: the ki67 node's name) is replaced as a whole and atomically, so it is always a
+        dedicated sub-folder: the chosen ``outputDirectory`` itself is never emptied. ``formats``: "nrrd",
+        "nifti", and "dicom" — the radiation-planning export (:func:`KiMapLib.export.planning.export_planning`:
+        Parametric Maps and an RT Structure Set of ``levels``) into ``<folder>_planning`` beside it, referencing
+        the t1c DICOM series in ``referenceDicomDirectory``.
+        """
+        from KiMapLib.maps import mapping
+
+        dicom = "dicom" in formats
+        formats = tuple(f for f in formats if f != "dicom") or (("nrrd",) if dicom else ())
+        if dicom and not str(referenceDicomDirectory or "").strip():
+            raise KiMapError("DICOM export needs the folder of the t1c DICOM series", input_name="t1c DICOM",
+                             hint="choose the series the map was computed on")
+
+        if ki67Node is None or ki67Node.GetAttribute(ATTRIBUTE_MAP) != "ki67":
+            raise KiMapError("select a ki67 map computed by KiMap", input_name="map")
+        formats = tuple(formats)
+        if not formats:
+            raise KiMapError("choose at least one format", input_name="export")
+        if probabilityNode is None:
+            probabilityNode = self.scene.GetNodeByID(ki67Node.GetAttribute(ATTRIBUTE_PARTNER) or "")
+        if probabilityNode is None:
+            raise KiMapError("the P(high) map of this ki67 map is not in the scene", input_name="map")
+        if not str(outputDirectory).strip():
+            raise KiMapError("no export folder chosen", input_name="export folder")
+        parent = Path(outputDirectory)
+        if parent.exists() and not parent.is_dir():
+            raise KiMapError(f"{parent} is a file", input_name="export folder", hint="choose a folder")
+        out_dir = parent / _safe_name(folderName or ki67Node.GetName())
+        ki67 = sitk.Cast(image_from_node(ki67Node, "map"), sitk.sitkFloat32)
+        probability = sitk.Cast(image_from_node(probabilityNode, "map"), sitk.sitkFloat32)
+        region = geometry.copy_geometry(np.isfinite(sitk.GetArrayViewFromImage(ki67)).astype(np.uint8), ki67)
+        t1c_node = self.scene.GetNodeByID(ki67Node.GetAttribute(ATTRIBUTE_T1C) or "")
+        t1c = image_from_node(t1c_node, "t1c") if t1c_node is not None else None
+        summary = json.loads(ki67Node.GetAttribute(ATTRIBUTE_SUMMARY) or "{}")
+        summary["exported_from"] = "3D Slicer scene (KiMap module)"
+        result = mapping.MapResult(ki67=ki67, probability=probability, region=region, t1c=t1c, summary=summary)
+        with tempfile.TemporaryDirectory() as scratch:
+            table_csv = write_table_csv(tableNode, Path(scratch) / "biopsies.csv") if tableNode is not None else None
+            if dicom:  # first, so that a reference series that does not fit the map stops the export early
+                from KiMapLib.export.planning import export_planning
+
+                staged = mapping.write_map(result, Path(scratch) / "map", formats=("nrrd",), overlay=False)
+                export_planning(staged, Path(referenceDicomDirectory), out_dir.with_name(f"{out_dir.name}_planning"),
+                                levels=levels, progress=progress)
+            mapping.write_map(result, out_dir, formats=formats, overlay=t1c is not None)
+            if table_csv is not None:
+                table_csv.replace(out_dir / "biopsies.csv")
+        return out_dir
+
+
+def _safe_name(name: str) -> str:
+    cleaned = "".join(c if c.isalnum() or c in "-_." else "_" for c in name).strip("._")
+    return cleaned or "kimap"
+
+
+def _short(value, limit: int = 160) -> str:
+    if isinstance(value, float):
+        text = f"{value:.3g}"
+    elif isinstance(value, (list, tuple)):
+        text = ", ".join(_short(v, 40) for v in value)
+    else:
+        text = str(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _jsonable(value):
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (np.generic,)):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)

@@ -1,11 +1,13 @@
-# KiMap: `make demo` (set up + run the main job on a synthetic case), `make test` (set up + all tests).
+# KiMap: `make demo` (set up + run the main job on a synthetic case), `make test` (set up + all tests),
+# `make web` (set up + serve the point-and-click app on http://127.0.0.1:8080/).
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 OUT    ?= out
+PORT   ?= 8080
 
-.PHONY: setup demo test lint model bench clean
+.PHONY: setup demo test lint model bench web clean
 
 setup: $(STAMP)
 
@@ -18,6 +20,10 @@ $(STAMP): requirements.txt pyproject.toml
 
 demo: $(STAMP)
 	$(PY) -m KiMapLib demo --out $(OUT)/demo
+
+# The web app (trame-slicer): slice views rendered here, the browser shows images. 127.0.0.1 only; see `kimap web -h`.
+web: $(STAMP)
+	$(PY) -m KiMapLib web --port $(PORT)
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -37,7 +37,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--reference-voxels", type=int, default=1000,
                         help="mask voxels on which pyradiomics is timed and compared (default 1000)")
     parser.add_argument("--repeats", type=int, default=3, help="engine runs per class; the median is reported")
-    parser.add_argument("--json", help="write the results here")
+    parser.add_argument("--json", help="write the results here as JSON (default: print only)")
     parser.set_defaults(func=run)
     return parser
 

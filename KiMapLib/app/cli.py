@@ -1,4 +1,4 @@
-"""The ``kimap`` command line: phantom, extract, train, map, export, bench-maps, demo."""
+"""The ``kimap`` command line: phantom, extract, train, map, export, bench-maps, demo, web."""
 
 from __future__ import annotations
 
@@ -12,16 +12,31 @@ from KiMapLib.errors import Cancelled, KiMapError
 
 #: Modules that add their own sub-command through ``add_parser(subparsers)`` (some are optional).
 SUBCOMMAND_MODULES = ("KiMapLib.app.phantom_command", "KiMapLib.app.commands", "KiMapLib.app.export_command",
-                      "KiMapLib.app.bench_maps", "KiMapLib.app.demo")
+                      "KiMapLib.app.bench_maps", "KiMapLib.app.demo", "KiMapLib.app.web_command")
 
 
 def print_json(data: object) -> None:
     print(json.dumps(data, indent=2, default=str))
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Every option's help ends with its default: ``(default: 5.0)``, ``(default: off)`` for a flag. Required
+    options and options whose help already says what the default is (``(default: the packaged model)``) are left
+    as written."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (not action.option_strings or action.required or action.default is argparse.SUPPRESS
+                or "default" in text.lower()):
+            return text
+        if isinstance(action, argparse._StoreTrueAction):
+            return f"{text} (default: off)"
+        return f"{text} (default: %(default)s)" if action.default is not None else text
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kimap", description="ki67 maps of glioblastoma from MRI radiomics "
-                                     "(research use only).")
+                                     "(research use only).", formatter_class=HelpFormatter)
     subparsers = parser.add_subparsers(dest="command", required=True)
     for name in SUBCOMMAND_MODULES:
         try:
@@ -31,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
                 continue  # an optional part that is not installed
             raise
         module.add_parser(subparsers)
+    for subparser in subparsers.choices.values():
+        subparser.formatter_class = HelpFormatter
     return parser
 
 

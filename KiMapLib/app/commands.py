@@ -22,40 +22,49 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     extract = subparsers.add_parser("extract", help="radiomic features around biopsy points -> cohort table")
     source = extract.add_mutually_exclusive_group(required=True)
     source.add_argument("--volume", action="append", metavar="NAME=PATH",
-                        help="a sequence (t1c, t2, flair, adc) of one patient; repeat per sequence")
+                        help="a sequence (t1c, t2, flair, adc) of one patient; repeat per sequence "
+                             "(required unless --cohort)")
     source.add_argument("--cohort", type=Path, metavar="DIR",
-                        help="a folder of patient folders, each with <sequence>.nrrd and biopsies.csv")
-    extract.add_argument("--biopsies", type=Path, help="CSV (RAS mm) or .mrk.json (with --volume)")
-    extract.add_argument("--patient-id", help="patient id for a .mrk.json or a CSV without patient_id")
+                        help="a folder of patient folders, each with <sequence>.nrrd and biopsies.csv "
+                             "(required unless --volume)")
+    extract.add_argument("--biopsies", type=Path,
+                         help="CSV (RAS mm) or .mrk.json; required with --volume (default: none)")
+    extract.add_argument("--patient-id",
+                         help="patient id for a .mrk.json or a CSV without patient_id (default: 'patient')")
     extract.add_argument("--radius", type=float, default=ExtractionSettings.ball_radius_mm, help="ball radius, mm")
-    extract.add_argument("--bin-width", type=float, default=ExtractionSettings.bin_width)
+    extract.add_argument("--bin-width", type=float, default=ExtractionSettings.bin_width,
+                         help="pyradiomics binWidth on the z-scored (x100) intensities")
     extract.add_argument("--out", type=Path, required=True, help="cohort table CSV to write")
     extract.set_defaults(func=run_extract)
 
     train = subparsers.add_parser("train", help="train + leave-one-patient-out validation -> model bundle")
     train.add_argument("--features", type=Path, required=True, help="cohort table from `kimap extract`")
     train.add_argument("--out", type=Path, required=True, help="model bundle folder to write")
-    train.add_argument("--target", default="ki67")
+    train.add_argument("--target", default="ki67", help="column of the measured value to predict")
     train.add_argument("--group", default="patient_id", help="column that identifies the patient")
     train.add_argument("--threshold", type=float, default=20.0, help="ki67 %% for P(ki67 >= threshold)")
-    train.add_argument("--estimator", default="ridge", choices=("rf", "ridge"))
-    train.add_argument("--k-features", type=int, default=20)
-    train.add_argument("--model-id", default="kimap-ki67-custom")
-    train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--data-description", default="")
+    train.add_argument("--estimator", default="ridge", choices=("rf", "ridge"),
+                       help="ridge regression or a random forest")
+    train.add_argument("--k-features", type=int, default=20, help="features kept by SelectKBest(f_regression)")
+    train.add_argument("--model-id", default="kimap-ki67-custom", help="model id written into the model card")
+    train.add_argument("--seed", type=int, default=0, help="random seed (random forest, calibration folds)")
+    train.add_argument("--data-description", default="",
+                       help="what the training data are, written into the model card (default: empty)")
     train.add_argument("--register", action="store_true",
                        help="make the bundle (inside Resources/Models) the packaged default in Models.json")
     train.set_defaults(func=run_train)
 
     mapper = subparsers.add_parser("map", help="whole-tumor ki67 and probability maps")
-    mapper.add_argument("--volume", action="append", required=True, metavar="NAME=PATH")
+    mapper.add_argument("--volume", action="append", required=True, metavar="NAME=PATH",
+                        help="a sequence (t1c, t2, flair, adc): a file or DICOM folder; repeat per sequence")
     mapper.add_argument("--region", type=Path, help="tumor label volume (voxels > 0 are mapped); default: "
                         "automatic FLAIR/T2 hyperintensity region")
     mapper.add_argument("--model", type=Path, help="model bundle folder (default: the packaged model)")
-    mapper.add_argument("--biopsies", type=Path, help="optional biopsy points to mark on the overlay")
-    mapper.add_argument("--age", type=float)
-    mapper.add_argument("--sex", choices=("F", "M"))
-    mapper.add_argument("--tumor-type", choices=("primary", "recurrent"))
+    mapper.add_argument("--biopsies", type=Path, help="biopsy points to mark on the overlay (default: none)")
+    mapper.add_argument("--age", type=float, help="patient age in years, a model covariate (default: imputed)")
+    mapper.add_argument("--sex", choices=("F", "M"), help="patient sex, a model covariate (default: imputed)")
+    mapper.add_argument("--tumor-type", choices=("primary", "recurrent"),
+                        help="primary or recurrent tumour, a model covariate (default: imputed)")
     mapper.add_argument("--formats", default="nrrd", help="comma-separated: nrrd,nifti")
     mapper.add_argument("--out", type=Path, required=True, help="output folder")
     mapper.set_defaults(func=run_map)

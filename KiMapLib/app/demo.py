@@ -10,14 +10,14 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-#: Seed of the demo case; the packaged model was trained on another seed (see `make model`).
-DEMO_SEED = 777
+from KiMapLib.phantom import DEMO_SEED  # the demo case's seed; the packaged model was trained on another
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("demo", help="run the whole chain on a synthetic case (SYNTHETIC data)")
-    parser.add_argument("--out", type=Path, default=Path("out/demo"))
-    parser.add_argument("--seed", type=int, default=DEMO_SEED)
+    parser.add_argument("--out", type=Path, default=Path("out/demo"), help="output folder")
+    parser.add_argument("--seed", type=int, default=DEMO_SEED,
+                        help="seed of the synthetic demo patient (the packaged model never saw it)")
     parser.add_argument("--model", type=Path, help="model bundle (default: the packaged model)")
     parser.set_defaults(func=run)
 

@@ -7,9 +7,12 @@ and cohorts with biopsies (:mod:`~KiMapLib.phantom.cohort`). The model is docume
 """
 
 from KiMapLib.phantom.cohort import (
+    DEMO_SEED,
     MODEL_VERSION,
     SYNTHETIC_NOTICE,
     PhantomPatient,
+    cohort_patient,
+    demo_patient,
     generate_cohort,
     generate_patient,
     write_patient,
@@ -17,11 +20,14 @@ from KiMapLib.phantom.cohort import (
 from KiMapLib.phantom.scanner import INSTITUTIONS, Institution
 
 __all__ = [
+    "DEMO_SEED",
     "INSTITUTIONS",
     "MODEL_VERSION",
     "SYNTHETIC_NOTICE",
     "Institution",
     "PhantomPatient",
+    "cohort_patient",
+    "demo_patient",
     "generate_cohort",
     "generate_patient",
     "write_patient",

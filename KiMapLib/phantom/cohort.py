@@ -38,6 +38,8 @@ PERINECROTIC_MM = 3.0
 SPECIMEN_RADIUS_MM = 2.0
 MEASUREMENT_SD = 2.5  # ki67 %, pathology counting/sampling error
 MISSING_AGE = 0.05
+#: Seed of the demo case (`kimap demo`, the web app's "Load demo case"); the packaged model was trained on another.
+DEMO_SEED = 777
 
 
 @dataclass
@@ -220,6 +222,20 @@ def write_patient(patient: PhantomPatient, folder: str | Path) -> None:
 
 def patient_ids(n_patients: int) -> list[str]:
     return [f"SYN{index + 1:03d}" for index in range(n_patients)]
+
+
+def cohort_patient(seed: int, index: int = 0) -> PhantomPatient:
+    """Patient ``index`` of the cohort ``generate_cohort(..., seed)`` writes, drawn in memory (same images)."""
+    if index < 0:
+        raise KiMapError(f"patient index {index} is negative", input_name="index")
+    child = np.random.SeedSequence(int(seed)).spawn(index + 1)[index]
+    site = scanner.INSTITUTIONS[index % len(scanner.INSTITUTIONS)]
+    return generate_patient(patient_ids(index + 1)[index], np.random.default_rng(child), site)
+
+
+def demo_patient(seed: int = DEMO_SEED) -> PhantomPatient:
+    """The synthetic demo patient: the one patient of ``kimap demo --seed SEED``'s cohort."""
+    return cohort_patient(seed, 0)
 
 
 def generate_cohort(out_dir: str | Path, n_patients: int, seed: int, *, dicom: bool = False,

@@ -15,6 +15,7 @@ import json
 import math
 import tempfile
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,7 @@ import slicer
 from KiMapLib.errors import GeometryError, KiMapError
 from KiMapLib.inputs import geometry
 from KiMapLib.progress import ProgressCallback, report, scaled
+from KiMapLib.slicer import loading
 from KiMapLib.slicer.dependencies import dependency_message, require_dependencies
 from KiMapLib.slicer.display import (
     ATTRIBUTE_MAP,
@@ -39,6 +41,24 @@ from KiMapLib.slicer.display import (
 from KiMapLib.slicer.markups import biopsies_from_markups, check_points_inside
 from KiMapLib.slicer.nodes import image_from_node, region_image, update_node_from_image, volume_images
 from KiMapLib.slicer.tables import fill_table, measured_ki67_from_table, write_table_csv
+
+
+@dataclass
+class MapJob:
+    """The checked inputs of one map (see :meth:`KiMapLogic.prepareMap`); ``run`` touches no MRML node."""
+
+    case: object
+    region: sitk.Image | None
+    model: object
+    t1c_node: object
+    covariates: dict[str, object] | None = None
+
+    def run(self, progress: ProgressCallback | None = None):
+        """Compute the map (:func:`KiMapLib.maps.mapping.compute_map`); ``progress`` returning False cancels."""
+        from KiMapLib.maps import mapping
+
+        return mapping.compute_map(self.case, self.model, region=self.region, covariates=self.covariates,
+                                   progress=progress)
 
 
 class KiMapLogic:
@@ -103,6 +123,35 @@ class KiMapLogic:
         required = tuple(getattr(model, "required_sequences", ()) or ()) or None
         return prepare_case(images, settings=getattr(model, "settings", None), required=required)
 
+    # -- inputs -------------------------------------------------------------------------------------------------
+
+    def loadVolume(self, path: str | Path, sequence: str | None = None, name: str | None = None):
+        """A volume file (NRRD, NIfTI, MHA) or a DICOM series folder as a new scalar volume node.
+
+        Read exactly as the command line reads it (RAS/LPS in one place); a DICOM folder is remembered on the node
+        (attribute ``KiMap.DicomFolder``) as the reference of a DICOM planning export."""
+        return loading.read_volume_node(self.scene, path, sequence, name)
+
+    def loadRegion(self, path: str | Path, t1cNode):
+        """A tumour label file as an editable segmentation on the t1c grid (one segment per label value > 0)."""
+        return loading.read_region_node(self.scene, path, t1cNode)
+
+    def loadBiopsies(self, path: str | Path, markupsNode=None, patientId: str | None = None):
+        """Biopsy points from a CSV (RAS mm) or ``.mrk.json`` into a point list (new or ``markupsNode``); measured
+        ki67 in the file goes into the point list's biopsy table."""
+        from KiMapLib.inputs.biopsies import read_biopsies
+
+        biopsies = read_biopsies(path, patientId)
+        return loading.markups_from_biopsies(self.scene, biopsies, markups_node=markupsNode)
+
+    def loadDemoCase(self, seed: int | None = None) -> dict[str, object]:
+        """The synthetic demo case (SYNTHETIC DATA; the patient ``kimap demo`` maps) as nodes, nothing on disk:
+        ``{"volumes": {"t1c": node, "t2": ..., "flair": ..., "adc": ...}, "region": segmentation (necrotic core,
+        enhancing, oedema), "biopsies": empty point list, "covariates": {...}, "patient_id", "notice"}``."""
+        from KiMapLib.phantom import DEMO_SEED
+
+        return loading.demo_case_nodes(self.scene, DEMO_SEED if seed is None else seed)
+
     # -- biopsies -----------------------------------------------------------------------------------------------
 
     def predictBiopsies(self, volumeNodes: Mapping[str, object], markupsNode, model=None, tableNode=None,
@@ -160,25 +209,40 @@ class KiMapLogic:
         ``regionNode``: a labelmap/scalar volume (voxels > 0) or a segmentation (its visible segments).
         Existing ``ki67Node``/``probabilityNode`` are overwritten, otherwise new nodes are added. Display:
         KiMap's color table, window 0-100 % (0-1), values below ``lowerThreshold`` and outside the region
-        transparent. Returns ``(ki67Node, probabilityNode)``.
+        transparent. Returns ``(ki67Node, probabilityNode)``. The same as :meth:`prepareMap`, ``job.run()`` and
+        :meth:`addMapNodes` in a row.
+        """
+        job = self.prepareMap(volumeNodes, regionNode, model, covariates, progress=scaled(progress, 0.0, 0.05))
+        result = job.run(scaled(progress, 0.05, 0.97))
+        # Everything below only adds/updates nodes: all checks and the computation are done.
+        nodes = self.addMapNodes(job, result, ki67Node, probabilityNode, lowerThreshold)
+        report(progress, 1.0, "done")
+        return nodes
+
+    def prepareMap(self, volumeNodes: Mapping[str, object], regionNode=None, model=None,
+                   covariates: Mapping[str, object] | None = None, progress: ProgressCallback | None = None):
+        """Read and check the inputs of :meth:`computeMap` from the scene; returns a :class:`MapJob`.
+
+        For front ends that compute off the scene's thread (the web app): ``job.run(progress)`` reads and writes
+        no node, so it may run in a worker thread; :meth:`addMapNodes` then adds its result on the scene's thread.
         """
         require_dependencies()
         from KiMapLib.inputs.images import check_region
-        from KiMapLib.maps import mapping
 
         model = self._resolve_model(model)
-        case = self._case(volumeNodes, model, scaled(progress, 0.0, 0.05))
+        case = self._case(volumeNodes, model, progress)
         t1c_node = volumeNodes["t1c"]
         region = region_image(regionNode, t1c_node)
         if region is not None:
             region = check_region(region, case.reference, "tumor region")
-        result = mapping.compute_map(case, model, region=region, covariates=dict(covariates) if covariates else None,
-                                     progress=scaled(progress, 0.05, 0.97))
-        # Everything below only adds/updates nodes: all checks and the computation are done.
-        nodes = self._writeMapNodes(t1c_node, result.ki67, result.probability, getattr(result, "summary", {}),
-                                    str(getattr(model, "model_id", "")), ki67Node, probabilityNode, lowerThreshold)
-        report(progress, 1.0, "done")
-        return nodes
+        return MapJob(case=case, region=region, model=model, t1c_node=t1c_node,
+                      covariates=dict(covariates) if covariates else None)
+
+    def addMapNodes(self, job: MapJob, result, ki67Node=None, probabilityNode=None, lowerThreshold: float = 0.0):
+        """The map nodes of a finished :class:`MapJob` (``result`` = ``job.run()``): ``(ki67Node, probabilityNode)``."""
+        return self._writeMapNodes(job.t1c_node, result.ki67, result.probability, getattr(result, "summary", {}),
+                                   str(getattr(job.model, "model_id", "")), ki67Node, probabilityNode,
+                                   lowerThreshold)
 
     def loadMap(self, mapDirectory: str | Path, t1cNode, lowerThreshold: float = 0.0):
         """Load a map written by ``kimap map`` / :meth:`exportMap` (``ki67_map.nrrd`` or ``.nii.gz``, the

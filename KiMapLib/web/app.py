@@ -61,6 +61,7 @@ class KiMapWebApp(TrameApp):
         self._export_folder: Path | None = None
         self._observed_markups: tuple[object, list[int]] | None = None
         self._points_update: asyncio.Handle | None = None
+        self._map_task: asyncio.Task | None = None
 
         register_rca_factories(self.slicer_app.view_manager, self.server)
         self.layout_manager = LayoutManager(self.slicer_app.scene, self.slicer_app.view_manager, self.server)
@@ -402,9 +403,14 @@ class KiMapWebApp(TrameApp):
 
     # -- map ------------------------------------------------------------------------------------------------------
 
-    async def compute_map(self) -> None:
-        if self.state.km_busy:
+    def compute_map(self) -> None:
+        """Start the map in the background and return at once: the page keeps taking clicks (Cancel, views) while it
+        runs (a handler that awaited the computation would hold the page's message queue until the end)."""
+        if self.state.km_busy or (self._map_task is not None and not self._map_task.done()):
             return
+        self._map_task = asyncio.get_running_loop().create_task(self._compute_map())
+
+    async def _compute_map(self) -> None:
         with self.state as state:
             state.km_busy, state.km_computing, state.km_error = True, True, ""
             state.km_progress, state.km_progress_text = 0.0, "checking the inputs"

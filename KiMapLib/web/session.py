@@ -164,6 +164,8 @@ class KiMapSession:
         rows = []
         position = np.zeros(3)
         for index in range(markups.GetNumberOfControlPoints()):
+            if markups.GetNthControlPointPositionStatus(index) != markups.PositionDefined:
+                continue  # the preview point that follows the mouse in place mode
             label = markups.GetNthControlPointLabel(index) or f"B{index + 1}"
             markups.GetNthControlPointPositionWorld(index, position)
             values = by_label.get(label, {})

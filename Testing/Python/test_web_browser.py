@@ -1,9 +1,10 @@
 """KiMap's web app driven by headless Chromium (Playwright): the whole workflow a clinician clicks through.
 
-Load demo case → window/level and scroll in the red view → leave the oedema out of the region → place a point by
-clicking in the red view → Predict biopsies → type the measured ki67 → Compute map → a bad export folder (one
-error, nothing changed) → Export → Download. Asserts on the real MRML scene (nodes, the point's RAS, table
-values, the map on the t1c grid, finite exactly inside the region) and on the exported files, never on pixels.
+Load demo case → scroll and window/level in the red view → leave the oedema out of the region → place a point by
+clicking in the red view → Predict biopsies → type the measured ki67 → Compute map and Cancel (nothing added) →
+Compute map → a bad export folder (one error, nothing changed) → Export → Download. Asserts on the real MRML
+scene (nodes, the point's RAS, table values, the map on the t1c grid, finite exactly inside the region) and on the
+exported files, never on pixels.
 A screenshot goes to ``out/web/kimap-web.png`` (``KIMAP_UPDATE_DOCS_IMAGES=1`` also copies it to
 ``docs/images/web.png``).
 
@@ -81,6 +82,11 @@ async def _until(check, what: str, timeout: float = 60.0, interval: float = 0.2)
         await asyncio.sleep(interval)
 
 
+def scene_state(scene) -> list[str]:
+    """IDs of the scene's nodes, to check that a cancelled or failed step added or removed nothing."""
+    return sorted(scene.GetNthNode(n).GetID() for n in range(scene.GetNumberOfNodes()))
+
+
 def _matrix(node) -> np.ndarray:
     import vtk
 
@@ -110,6 +116,7 @@ async def test_web_workflow_demo_point_predict_map_export(tmp_path):
 
     from KiMapLib.inputs.geometry import nearest_voxel
     from KiMapLib.phantom import demo_patient
+    from KiMapLib.progress import report
     from KiMapLib.slicer.nodes import image_from_node, region_image
     from KiMapLib.slicer.tables import table_values
     from KiMapLib.web import server as web_server
@@ -165,6 +172,10 @@ async def test_web_workflow_demo_point_predict_map_export(tmp_path):
             await page.mouse.move(centre[0] + 80, centre[1] + 40, steps=8)
             await page.mouse.up()
             await _until(lambda: (display.GetWindow(), display.GetLevel()) != (window, level), "window/level drag")
+            await page.mouse.down()  # and back, near where it was
+            await page.mouse.move(*centre, steps=8)
+            await page.mouse.up()
+            await _until(lambda: abs(display.GetWindow() - window) < 0.1 * window, "window/level drag back")
 
             # -- leave the oedema out: only the visible segments are mapped ---------------------------------------
             await page.get_by_label("oedema").uncheck()
@@ -189,12 +200,14 @@ async def test_web_workflow_demo_point_predict_map_export(tmp_path):
             box = await red_image.bounding_box()
             await page.mouse.click(*_screen_point(red, box, target))
             markups = app.session.markups()
-            await _until(lambda: markups.GetNumberOfControlPoints() == 1, "the clicked point")
+            await _until(lambda: markups.GetNumberOfControlPoints() >= 1 and markups.GetNthControlPointPositionStatus(0)
+                         == markups.PositionDefined, "the clicked point")  # not the preview that follows the mouse
             point = np.zeros(3)
             markups.GetNthControlPointPositionWorld(0, point)
             assert np.linalg.norm(point - target) < 1.5, (point, target)
             assert nearest_voxel(image_from_node(t1c, "t1c"), point) is not None
             await page.get_by_role("button", name="Stop placing points").click()
+            await _until(lambda: markups.GetNumberOfControlPoints() == 1, "place mode to end (no preview point)")
 
             # -- Predict biopsies: one row, finite prediction and probability, shown in the page ---------------------
             await page.get_by_role("button", name="Predict biopsies").click()
@@ -210,9 +223,35 @@ async def test_web_workflow_demo_point_predict_map_export(tmp_path):
             await measured.press("Enter")
             await _until(lambda: table_values(app.session.table())[0]["measured_ki67"] == 23.5, "measured ki67")
 
-            # -- Compute map: progress shown, then the map on the t1c grid, finite exactly inside the region --------
+            # -- Compute map, Cancel: progress shown, then nothing added. The first job only reports progress until
+            # it is cancelled (a real map may finish before the click lands); the progress callback is the page's.
+            real_prepare = app.logic.prepareMap
+
+            def cancellable_prepare(*args, **kwargs):
+                job = real_prepare(*args, **kwargs)
+
+                def run(progress=None):
+                    for step in range(1200):
+                        report(progress, step / 1200, "waiting for Cancel")
+                        time.sleep(0.05)
+                    raise AssertionError("Cancel did not reach the computation")
+
+                job.run = run
+                app.logic.prepareMap = real_prepare
+                return job
+
+            app.logic.prepareMap = cancellable_prepare
+            nodes_before = scene_state(scene)
             await page.get_by_role("button", name="Compute map").click()
-            await _until(lambda: page.get_by_label("map progress").is_visible(), "the progress bar", 30)
+            await _until(lambda: page.get_by_text("waiting for Cancel").is_visible(), "the progress bar", 30)
+            assert await page.get_by_label("map progress").is_visible()
+            await page.get_by_role("button", name="Cancel").click()
+            await _until(lambda: not app.state.km_busy, "the cancelled computation", 60)
+            assert app.state.km_status == "Map computation cancelled; nothing was changed."
+            assert app.session.ki67() is None and scene_state(scene) == nodes_before
+
+            # -- Compute map: the map on the t1c grid, finite exactly inside the region -----------------------------
+            await page.get_by_role("button", name="Compute map").click()
             ki67 = await _until(lambda: not app.state.km_busy and app.session.ki67(), "the ki67 map", 240, 0.5)
             assert ki67.GetImageData().GetDimensions() == t1c.GetImageData().GetDimensions()
             assert np.array_equal(_matrix(ki67), ijk_to_ras)
@@ -222,7 +261,7 @@ async def test_web_workflow_demo_point_predict_map_export(tmp_path):
             assert np.nanmin(values) >= 0.0 and np.nanmax(values) <= 100.0
             assert ki67.GetDisplayNode().GetColorNode().GetName() == "KiMapKi67"
             await _until(lambda: page.get_by_text("color table KiMapKi67").is_visible(), "the color legend")
-            nodes_before_error = scene.GetNumberOfNodes()
+            nodes_before_error = scene_state(scene)
 
             # -- a bad export folder: one message naming the input, nothing changed or written ----------------------
             not_a_folder = tmp_path / "a-file"
@@ -233,7 +272,7 @@ async def test_web_workflow_demo_point_predict_map_export(tmp_path):
             alert = page.get_by_role("alert")
             await _until(lambda: alert.is_visible(), "the error message")
             assert (await alert.inner_text()).strip().startswith("export folder:")
-            assert not_a_folder.read_text() == "mine" and scene.GetNumberOfNodes() == nodes_before_error
+            assert not_a_folder.read_text() == "mine" and scene_state(scene) == nodes_before_error
 
             # -- Export: NRRD and NIfTI files equal to the scene's map; the table with the measured value ------------
             export_root = tmp_path / "export"
@@ -259,6 +298,8 @@ async def test_web_workflow_demo_point_predict_map_export(tmp_path):
             names = zipfile.ZipFile(io.BytesIO(data)).namelist()
             assert f"{folder.name}/ki67_map.nrrd" in names and f"{folder.name}/biopsies.csv" in names
 
+            await _until(lambda: not app.state.km_busy, "the page to be idle")
+            await asyncio.sleep(1.0)  # the last frame
             SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
             await page.screenshot(path=str(SCREENSHOT))
             if os.environ.get("KIMAP_UPDATE_DOCS_IMAGES"):

@@ -11,7 +11,8 @@ from pathlib import Path
 from KiMapLib.errors import Cancelled, KiMapError
 
 #: Modules that add their own sub-command through ``add_parser(subparsers)`` (some are optional).
-SUBCOMMAND_MODULES = ("KiMapLib.app.phantom_command", "KiMapLib.app.commands", "KiMapLib.app.export_command",
+SUBCOMMAND_MODULES = ("KiMapLib.app.phantom_command", "KiMapLib.app.commands", "KiMapLib.app.segment_command",
+                      "KiMapLib.app.export_command",
                       "KiMapLib.app.bench_maps", "KiMapLib.app.demo")
 
 

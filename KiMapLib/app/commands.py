@@ -49,8 +49,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
     mapper = subparsers.add_parser("map", help="whole-tumor ki67 and probability maps")
     mapper.add_argument("--volume", action="append", required=True, metavar="NAME=PATH")
-    mapper.add_argument("--region", type=Path, help="tumor label volume (voxels > 0 are mapped); default: "
-                        "automatic FLAIR/T2 hyperintensity region")
+    mapper.add_argument("--region", type=Path, help="tumour label volume (voxels > 0 are mapped, except "
+                        "--exclude-label); default: the automatic tumour segmentation from every given sequence "
+                        "(necrotic core excluded), refused when it is not plausible")
+    mapper.add_argument("--exclude-label", type=int, action="append", default=[], metavar="LABEL",
+                        help="a label of --region not to map, repeatable (e.g. 1 for a BraTS necrotic core; "
+                        "default: none)")
+    mapper.add_argument("--allow-t1c-only-region", action="store_true",
+                        help="accept the automatic region from t1c alone (bright t1c is also vessels, sinuses and "
+                        "choroid plexus: look at region_qc.png); default: refused, give FLAIR/T2 or --region")
     mapper.add_argument("--model", type=Path, help="model bundle folder (default: the packaged model)")
     mapper.add_argument("--biopsies", type=Path, help="optional biopsy points to mark on the overlay")
     mapper.add_argument("--age", type=float)
@@ -192,7 +199,8 @@ def run_map(args: argparse.Namespace) -> int:
     region = read_volume(args.region, "region") if args.region else None
     covariates = {"age": args.age, "sex": args.sex, "tumor_type": args.tumor_type}
     with progress_bar("ki67 map") as progress:
-        result = compute_map(case, model, region, {k: v for k, v in covariates.items() if v is not None}, progress)
+        result = compute_map(case, model, region, {k: v for k, v in covariates.items() if v is not None}, progress,
+                             allow_t1c_only=args.allow_t1c_only_region, exclude_labels=tuple(args.exclude_label))
     points = []
     if args.biopsies:
         for biopsy in read_biopsies(args.biopsies):
@@ -204,5 +212,5 @@ def run_map(args: argparse.Namespace) -> int:
     write_map(result, args.out, formats, points_ijk=points)
     print_json({k: result.summary[k] for k in ("model_id", "region", "region_voxels", "mapped_voxels", "method",
                                                "timings_s")})
-    print(f"ki67_map, ki67_probability, overlay.png, summary.json -> {args.out}")
+    print(f"ki67_map, ki67_probability, region, tumour_labels, overlay.png, summary.json -> {args.out}")
     return 0

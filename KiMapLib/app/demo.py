@@ -71,7 +71,8 @@ def run(args: argparse.Namespace) -> int:
                               staging / "biopsies_predicted_vs_measured.png", title="Demo case (unseen)")
 
         with progress_bar("ki67 map") as progress:
-            result = compute_map(case, model, label, covariates, progress)
+            # the phantom's label 1 is its necrotic core (as in BraTS): not mapped, see docs/phantom.md
+            result = compute_map(case, model, label, covariates, progress, exclude_labels=(1,))
         points = [(r["voxel_i"], r["voxel_j"], r["voxel_k"]) for r in rows]
         write_map_files(result, staging, ("nrrd",), points_ijk=points)
         ki67 = sitk.GetArrayFromImage(result.ki67)

@@ -63,9 +63,10 @@ def ball_region(case: Case, center_ijk: Sequence[int]) -> tuple[sitk.Image, list
     return mask_image, start_ijk, len(points)
 
 
-def features_at_voxel(case: Case, center_ijk: Sequence[int], extractor=None,
-                      what: str = "point") -> dict[str, float]:
-    """All features of every sequence on the ball around one voxel, keyed ``<sequence>_original_<class>_<name>``."""
+def features_at_voxel(case: Case, center_ijk: Sequence[int], extractor=None, what: str = "point",
+                      sequences: Sequence[str] | None = None) -> dict[str, float]:
+    """All features of ``sequences`` (default: every sequence of the case) on the ball around one voxel, keyed
+    ``<sequence>_original_<class>_<name>``."""
     settings = case.settings
     full_ball = len(ball_offsets(case.reference.GetSpacing(), settings.ball_radius_mm))
     k, j, i = (int(v) for v in center_ijk[::-1])
@@ -79,7 +80,8 @@ def features_at_voxel(case: Case, center_ijk: Sequence[int], extractor=None,
                           hint="the point is too close to the image or brain edge")
     extractor = extractor or pyradiomics_extractor(settings)
     features: dict[str, float] = {}
-    for sequence, image in case.images.items():
+    for sequence in sequences or case.sequences:
+        image = case.images[sequence]
         crop = sitk.RegionOfInterest(image, mask.GetSize(), start)
         result = extractor.execute(crop, mask)
         for key, value in result.items():
@@ -99,9 +101,10 @@ def biopsy_voxel(case: Case, biopsy: Biopsy) -> tuple[int, int, int]:
     return index
 
 
-def extract_biopsies(case: Case, biopsies: Sequence[Biopsy], progress: ProgressCallback | None = None
-                     ) -> tuple[list[dict], list[BiopsyError]]:
-    """Cohort-table rows (identity, covariates, ki67, features) for each biopsy; bad ones become errors."""
+def extract_biopsies(case: Case, biopsies: Sequence[Biopsy], progress: ProgressCallback | None = None,
+                     sequences: Sequence[str] | None = None) -> tuple[list[dict], list[BiopsyError]]:
+    """Cohort-table rows (identity, covariates, ki67, features of ``sequences``, default all) for each biopsy; bad
+    ones become errors."""
     extractor = pyradiomics_extractor(case.settings)
     rows: list[dict] = []
     errors: list[BiopsyError] = []
@@ -110,7 +113,7 @@ def extract_biopsies(case: Case, biopsies: Sequence[Biopsy], progress: ProgressC
         name = f"biopsy {biopsy.patient_id}/{biopsy.biopsy_id}"
         try:
             index = biopsy_voxel(case, biopsy)
-            features = features_at_voxel(case, index, extractor, what=name)
+            features = features_at_voxel(case, index, extractor, what=name, sequences=sequences)
         except BiopsyError as error:
             errors.append(error)
             continue

@@ -34,7 +34,8 @@ def prepare_case(volumes: dict[str, sitk.Image], settings: ExtractionSettings | 
                  foreground: np.ndarray | None = None) -> Case:
     """Validate, align onto the t1c grid and normalize the given sequences.
 
-    ``required`` (from a model card) lists sequences that must be present; only those are kept when given.
+    ``required`` (from a model card) lists sequences that must be present. Every given sequence is kept, whether
+    or not the model uses it: the tumour region and the quality checks use them all.
     """
     settings = settings or ExtractionSettings()
     if required is not None:
@@ -42,7 +43,6 @@ def prepare_case(volumes: dict[str, sitk.Image], settings: ExtractionSettings | 
         if missing:
             raise ModelError(f"the model needs {', '.join(required)} but {', '.join(missing)} was not given",
                              input_name=missing[0], hint=f"add --volume {missing[0]}=PATH or choose another model")
-        volumes = {name: volumes[name] for name in volumes if name in required or name == "t1c"}
     aligned, notes = align_to_t1c(volumes)
     reference = aligned["t1c"]
     if foreground is None:

@@ -18,17 +18,14 @@ from KiMapLib.errors import KiMapError
 from KiMapLib.features.neighbourhood import ball_offsets
 from KiMapLib.inputs.case import Case
 from KiMapLib.inputs.geometry import copy_geometry
-from KiMapLib.inputs.images import check_region
 from KiMapLib.model.bundle import KiMapModel
 from KiMapLib.model.design import design_matrix
 from KiMapLib.model.prediction import check_case_for_model
 from KiMapLib.progress import ProgressCallback, report, scaled
+from KiMapLib.region.tumour_region import TumourRegion, given_region, propose_region, require_plausible
 
 OUTSIDE_VALUE = float("nan")
-#: Automatic region (see :func:`default_region`): robust z-score threshold, smoothing and dilation in mm.
-AUTO_REGION_Z = 2.0
-AUTO_REGION_SMOOTH_MM = 2.0
-AUTO_REGION_DILATE_MM = 3.0
+
 
 
 @dataclass
@@ -40,37 +37,8 @@ class MapResult:
     region: sitk.Image
     t1c: sitk.Image
     summary: dict = field(default_factory=dict)
-
-
-def default_region(case: Case) -> tuple[np.ndarray, str]:
-    """The abnormal-signal region when none is given: hyperintense FLAIR (else T2, else enhancing t1c).
-
-    The sequence is smoothed (Gaussian, 2 mm), turned into a robust z-score against the whole foreground
-    (median and MAD, so the lesion does not inflate its own reference), thresholded at
-    :data:`AUTO_REGION_Z`, reduced to its largest connected component, hole-filled (the necrotic core belongs to
-    the tumor) and dilated by :data:`AUTO_REGION_DILATE_MM`.
-    """
-    name = next(n for n in ("flair", "t2", "t1c") if n in case.images)
-    smooth = sitk.GetArrayFromImage(sitk.SmoothingRecursiveGaussian(case.images[name], AUTO_REGION_SMOOTH_MM))
-    inside = smooth[case.foreground]
-    median = np.median(inside)
-    spread = 1.4826 * np.median(np.abs(inside - median))
-    if spread <= 0:
-        raise KiMapError(f"{name} has no contrast for an automatic region", input_name="region",
-                         hint="give the tumor region explicitly (--region LABEL_FILE)")
-    candidate = ((smooth - median) / spread > AUTO_REGION_Z) & case.foreground
-    components = sitk.RelabelComponent(sitk.ConnectedComponent(copy_geometry(candidate.astype(np.uint8),
-                                                                             case.reference)), sortByObjectSize=True)
-    largest = sitk.GetArrayFromImage(components) == 1
-    if not largest.any():
-        raise KiMapError(f"no {name} hyperintensity found for an automatic region", input_name="region",
-                         hint="give the tumor region explicitly (--region LABEL_FILE)")
-    filled = sitk.BinaryFillhole(copy_geometry(largest.astype(np.uint8), case.reference))
-    radius = [max(1, round(AUTO_REGION_DILATE_MM / s)) for s in case.reference.GetSpacing()]
-    region = sitk.GetArrayFromImage(sitk.BinaryDilate(filled, radius)).astype(bool) & case.foreground
-    return region, (f"automatic: largest connected {name} region with robust z-score > {AUTO_REGION_Z:g} "
-                    f"(after {AUTO_REGION_SMOOTH_MM:g} mm smoothing), holes filled, dilated "
-                    f"{AUTO_REGION_DILATE_MM:g} mm, within the foreground")
+    labels: sitk.Image | None = None  # the tumour label map the region came from (BraTS labels), when known
+    tumour: TumourRegion | None = None
 
 
 def _engine_features(case: Case, centres: np.ndarray, region: np.ndarray, used: list[str],
@@ -146,17 +114,39 @@ def region_features(case: Case, centres: np.ndarray, region: np.ndarray, used: l
     raise KiMapError(f"unknown map method '{method}'", input_name="method", hint="use auto, engine or reference")
 
 
-def compute_map(case: Case, model: KiMapModel, region: sitk.Image | None = None, covariates: dict | None = None,
-                progress: ProgressCallback | None = None, method: str = "auto") -> MapResult:
-    """ki67 and probability maps over ``region`` (or :func:`default_region`) on the exact t1c grid."""
+def tumour_region_for(case: Case, region: sitk.Image | TumourRegion | None, *, allow_t1c_only: bool = False,
+                      exclude_labels: tuple[int, ...] = ()) -> TumourRegion:
+    """The region a map covers: a given label map, a region already made, or the automatic proposal — which must pass
+    its plausibility checks (else one line saying what to do; never a map on normal anatomy)."""
+    if isinstance(region, TumourRegion):
+        tumour = region
+    elif region is not None:
+        tumour = given_region(region, case.reference, "region", exclude_labels)
+    else:
+        tumour = propose_region(case)
+    require_plausible(tumour, allow_t1c_only)
+    if tumour.labels.shape != case.foreground.shape:
+        raise KiMapError("the region is not on the t1c grid", input_name="region")
+    return tumour
+
+
+def compute_map(case: Case, model: KiMapModel, region: sitk.Image | TumourRegion | None = None,
+                covariates: dict | None = None, progress: ProgressCallback | None = None, method: str = "auto", *,
+                allow_t1c_only: bool = False, exclude_labels: tuple[int, ...] = ()) -> MapResult:
+    """ki67 and probability maps over the viable tumour on the exact t1c grid.
+
+    ``region``: a label image (every label > 0 mapped, except ``exclude_labels``), a :class:`TumourRegion`, or None
+    for the automatic segmentation from every given sequence (its necrotic core is not mapped). The region is
+    decided and checked before any feature is computed.
+    """
     started = time.perf_counter()
     check_case_for_model(case, model)
-    if region is None:
-        region_array, region_note = default_region(case)
-    else:
-        region_array = sitk.GetArrayFromImage(check_region(region, case.reference)).astype(bool)
-        region_note = "given region (labels > 0)"
-    region_array &= case.foreground
+    report(progress, 0.0, "tumour region")
+    tumour = tumour_region_for(case, region, allow_t1c_only=allow_t1c_only, exclude_labels=exclude_labels)
+    region_array = tumour.mapped & case.foreground
+    region_note = ("automatic tumour segmentation (labels 2 and 3; necrotic core excluded)"
+                   if tumour.source == "automatic" else "given region (labels > 0"
+                   + (f", except {list(tumour.excluded_labels)})" if tumour.excluded_labels else ")"))
     centres = np.stack(np.unravel_index(np.flatnonzero(region_array), region_array.shape), axis=1)  # argwhere
     if len(centres) == 0:
         raise KiMapError("the region has no voxel inside the image foreground", input_name="region")
@@ -191,11 +181,14 @@ def compute_map(case: Case, model: KiMapModel, region: sitk.Image | None = None,
         "model_id": model.model_id,
         "threshold_percent": model.threshold_percent,
         "sequences": list(case.images),
+        "sequence_use": _sequence_use(case, model, tumour),
         "region": region_note,
+        "tumour_region": tumour.summary(case.reference.GetSpacing()),
         "region_voxels": len(centres),
         "mapped_voxels": int(mapped.sum()),
         "unmapped_voxels_reason": "ball has fewer foreground voxels than min_ball_fraction",
-        "outside_value": "NaN (not computed outside the region)",
+        "outside_value": "NaN (not computed outside the region"
+                         + ("; the necrotic core is NaN too" if tumour.excluded_labels else "") + ")",
         "method": note,
         "ki67_mean_percent": float(np.nanmean(ki67_values)) if mapped.any() else None,
         "fraction_high": float(np.nanmean(probability_values >= 0.5)) if mapped.any() else None,
@@ -209,7 +202,14 @@ def compute_map(case: Case, model: KiMapModel, region: sitk.Image | None = None,
         summary["t1c_source"] = source
     return MapResult(ki67=copy_geometry(ki67, case.reference), probability=copy_geometry(probability, case.reference),
                      region=copy_geometry(region_array.astype(np.uint8), case.reference), t1c=case.reference,
-                     summary=summary)
+                     summary=summary, labels=tumour.label_image(case.reference), tumour=tumour)
+
+
+def _sequence_use(case: Case, model: KiMapModel, tumour: TumourRegion) -> dict[str, list[str]]:
+    """Which given sequence served what: the model's features, the tumour region, the quality checks."""
+    return {"model": [s for s in case.images if s in model.required_sequences],
+            "tumour_region": list(tumour.method.get("sequences", [])) if tumour.source == "automatic" else [],
+            "quality_checks": list(case.images)}
 
 
 def _series_reference(image: sitk.Image) -> dict | None:
@@ -246,7 +246,7 @@ def write_map_files(result: MapResult, folder: Path, formats: tuple[str, ...] = 
         raise KiMapError(f"unknown format {unknown[0]}", input_name="--formats", hint="use nrrd and/or nifti")
     volumes = [(image, folder / f"{stem}{suffixes[fmt]}") for fmt in formats
                for image, stem in ((result.ki67, "ki67_map"), (result.probability, "ki67_probability"),
-                                   (result.region, "region"))]
+                                   (result.region, "region"), (result.labels, "tumour_labels")) if image is not None]
     with ThreadPoolExecutor(1) as writer:  # SimpleITK compresses and writes without the GIL, beside the overlay
         written = writer.submit(lambda: [sitk.WriteImage(image, str(path), useCompression=True)
                                          for image, path in volumes])

@@ -28,7 +28,7 @@ def predict_biopsies(case: Case, biopsies: Sequence[Biopsy], model: KiMapModel,
                      progress: ProgressCallback | None = None) -> tuple[list[dict], list[BiopsyError]]:
     """Rows with features, ``predicted_ki67`` (%) and ``probability_high``; bad points become errors."""
     check_case_for_model(case, model)
-    rows, errors = extract_biopsies(case, biopsies, scaled(progress, 0.0, 0.95))
+    rows, errors = extract_biopsies(case, biopsies, scaled(progress, 0.0, 0.95), sequences=model.required_sequences)
     if rows:
         ki67, probability = model.predict_rows(rows)
         for row, value, p in zip(rows, ki67, probability, strict=True):

@@ -38,6 +38,7 @@ from KiMapLib.slicer.display import (
 )
 from KiMapLib.slicer.markups import biopsies_from_markups, check_points_inside
 from KiMapLib.slicer.nodes import image_from_node, region_image, update_node_from_image, volume_images
+from KiMapLib.slicer.segments import fill_tumour_segments, tumour_labels
 from KiMapLib.slicer.tables import fill_table, measured_ki67_from_table, write_table_csv
 
 
@@ -152,28 +153,64 @@ class KiMapLogic:
 
     # -- map ----------------------------------------------------------------------------------------------------
 
+    def proposeTumorRegion(self, volumeNodes: Mapping[str, object], segmentationNode=None,
+                           allowT1cOnly: bool = False, progress: ProgressCallback | None = None):
+        """The automatic tumour segmentation from every given sequence, as a segmentation node to edit.
+
+        Three named, colored segments (necrotic core, oedema / non-enhancing tumour, enhancing tumour) on the t1c
+        grid; :meth:`computeMap` with this node maps the visible segments except the necrotic core. A proposal that
+        fails its plausibility checks (normal anatomy, t1c only unless ``allowT1cOnly``) raises one line saying what
+        to do, and the scene is left as it was. ``segmentationNode`` (optional) is refilled in place.
+        """
+        from KiMapLib.inputs.case import prepare_case
+        from KiMapLib.region.tumour_region import propose_region, require_plausible
+
+        report(progress, 0.0, "checking volumes")
+        case = prepare_case(volume_images(volumeNodes))
+        report(progress, 0.1, "segmenting the tumour")
+        tumour = propose_region(case)
+        require_plausible(tumour, allowT1cOnly)
+        report(progress, 0.9, "making segments")
+        t1c_node = volumeNodes["t1c"]
+        if segmentationNode is None:
+            segmentationNode = self.scene.AddNewNodeByClass(
+                "vtkMRMLSegmentationNode", self.scene.GenerateUniqueName(f"{t1c_node.GetName()} tumour"))
+        fill_tumour_segments(segmentationNode, tumour.label_image(case.reference), t1c_node)
+        segmentationNode.SetAttribute(ATTRIBUTE_SUMMARY, json.dumps(_jsonable(tumour.summary(
+            case.reference.GetSpacing()))))
+        report(progress, 1.0, "done")
+        return segmentationNode
+
     def computeMap(self, volumeNodes: Mapping[str, object], regionNode=None, model=None, ki67Node=None,
                    probabilityNode=None, covariates: Mapping[str, object] | None = None,
-                   lowerThreshold: float = 0.0, progress: ProgressCallback | None = None):
-        """The ki67 (%) and P(high) maps inside the tumor region, as two scalar volume nodes on the t1c grid.
+                   lowerThreshold: float = 0.0, progress: ProgressCallback | None = None,
+                   allowT1cOnly: bool = False):
+        """The ki67 (%) and P(high) maps over the viable tumour, as two scalar volume nodes on the t1c grid.
 
-        ``regionNode``: a labelmap/scalar volume (voxels > 0) or a segmentation (its visible segments).
-        Existing ``ki67Node``/``probabilityNode`` are overwritten, otherwise new nodes are added. Display:
-        KiMap's color table, window 0-100 % (0-1), values below ``lowerThreshold`` and outside the region
+        ``regionNode``: a labelmap/scalar volume (voxels > 0), a segmentation (its visible segments; for KiMap's
+        tumour segments, all but the necrotic core), or None for the automatic tumour segmentation (refused when it
+        is not plausible). Existing ``ki67Node``/``probabilityNode`` are overwritten, otherwise new nodes are added.
+        Display: KiMap's color table, window 0-100 % (0-1), values below ``lowerThreshold`` and outside the region
         transparent. Returns ``(ki67Node, probabilityNode)``.
         """
         require_dependencies()
-        from KiMapLib.inputs.images import check_region
         from KiMapLib.maps import mapping
+        from KiMapLib.region.tumour_region import given_region
 
         model = self._resolve_model(model)
         case = self._case(volumeNodes, model, scaled(progress, 0.0, 0.05))
         t1c_node = volumeNodes["t1c"]
-        region = region_image(regionNode, t1c_node)
-        if region is not None:
-            region = check_region(region, case.reference, "tumor region")
+        region, exclude = None, ()
+        if regionNode is not None and regionNode.IsA("vtkMRMLSegmentationNode"):
+            region = tumour_labels(regionNode, t1c_node)
+            exclude = (1,) if region is not None else ()
+        if region is None:
+            region = region_image(regionNode, t1c_node)
+        if region is not None:  # checked here, before the computation: empty or foreign regions stop at once
+            region = given_region(region, case.reference, "tumor region", exclude)
         result = mapping.compute_map(case, model, region=region, covariates=dict(covariates) if covariates else None,
-                                     progress=scaled(progress, 0.05, 0.97))
+                                     progress=scaled(progress, 0.05, 0.97), allow_t1c_only=allowT1cOnly,
+                                     exclude_labels=exclude)
         # Everything below only adds/updates nodes: all checks and the computation are done.
         nodes = self._writeMapNodes(t1c_node, result.ki67, result.probability, getattr(result, "summary", {}),
                                     str(getattr(model, "model_id", "")), ki67Node, probabilityNode, lowerThreshold)

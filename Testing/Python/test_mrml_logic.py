@@ -63,12 +63,16 @@ def probe_probability(ki67: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-(np.asarray(ki67) - 30.0) / 5.0))
 
 
-def fake_compute_map(case, model, region=None, covariates=None, progress=None, method="auto"):
+def fake_compute_map(case, model, region=None, covariates=None, progress=None, method="auto", **options):
     from KiMapLib.progress import report
+    from KiMapLib.region.tumour_region import TumourRegion
 
     report(progress, 0.1, "probe features")
     ras = voxel_ras(geometry.ijk_to_ras_matrix(case.reference), sitk.GetArrayViewFromImage(case.reference).shape)
-    inside = sitk.GetArrayFromImage(region).astype(bool) if region is not None else case.foreground
+    if isinstance(region, TumourRegion):
+        inside = region.mapped
+    else:
+        inside = sitk.GetArrayFromImage(region).astype(bool) if region is not None else case.foreground
     ki67 = np.where(inside, probe_ki67(ras), np.nan).astype(np.float32)
     report(progress, 0.9, "probe model")
     return mapping.MapResult(ki67=geometry.copy_geometry(ki67, case.reference),

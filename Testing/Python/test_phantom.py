@@ -14,7 +14,7 @@ from KiMapLib.errors import KiMapError
 from KiMapLib.inputs.biopsies import read_biopsies_csv
 from KiMapLib.inputs.geometry import nearest_voxel, same_grid
 from KiMapLib.phantom import INSTITUTIONS, SYNTHETIC_NOTICE, generate_cohort, generate_patient
-from KiMapLib.settings import SEQUENCES
+from KiMapLib.phantom.cohort import PHANTOM_SEQUENCES as SEQUENCES
 
 SEEDS = (11, 12, 13, 14)
 

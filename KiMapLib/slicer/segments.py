@@ -14,6 +14,7 @@ import slicer
 import vtk
 
 from KiMapLib.errors import KiMapError
+from KiMapLib.inputs.geometry import same_grid
 from KiMapLib.region.tumour_region import LABEL_COLORS, LABEL_NAMES
 from KiMapLib.slicer.nodes import image_from_node, update_node_from_image
 
@@ -83,13 +84,18 @@ def tumour_labels(segmentation_node, reference_node, name: str = "tumor region")
             label_node = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode")
             ids = vtk.vtkStringArray()
             ids.InsertNextValue(segment_id)
+            on_reference_grid = slicer.vtkSegmentation.EXTENT_REFERENCE_GEOMETRY
             if not slicer.vtkSlicerSegmentationsModuleLogic.ExportSegmentsToLabelmapNode(
-                    segmentation_node, ids, label_node, reference_node):
+                    segmentation_node, ids, label_node, reference_node, on_reference_grid):
                 raise KiMapError(f"cannot read segment '{segmentation.GetSegment(segment_id).GetName()}'",
                                  input_name=name)
             if label_node.GetImageData() is None:
                 continue  # an empty segment
-            labels[sitk.GetArrayViewFromImage(image_from_node(label_node, name)) > 0] = value
+            segment = image_from_node(label_node, name)
+            if not same_grid(segment, reference):
+                raise KiMapError("a segment left the t1c grid", input_name=name, hint="set the segmentation's "
+                                 "reference geometry to the t1c volume (Segment Editor: master volume)")
+            labels[sitk.GetArrayViewFromImage(segment) > 0] = value
     image = sitk.GetImageFromArray(labels)
     image.CopyInformation(reference)
     return image

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import zipfile
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -471,3 +472,49 @@ def test_export_map_dicom_planning_from_the_scene(case_scene, probe, tmp_path):
         logic.exportMap(ki67_node, tmp_path / "export2", formats=("nrrd", "dicom"),
                         referenceDicomDirectory=tmp_path / "other_dicom")
     assert not (tmp_path / "export2").exists()
+
+
+def test_tumour_segments_round_trip_on_an_oblique_grid(case_scene, probe):
+    """Three named, colored segments from a BraTS label map come back as the same labels; computeMap with them maps
+    every visible segment except the necrotic core."""
+    from KiMapLib.slicer.segments import SEGMENT_NAMES, fill_tumour_segments, tumour_labels
+
+    t1c = case_scene.volumes["t1c"]
+    reference = mrml_logic.image_from_node(t1c, "t1c")
+    k, _, _ = np.indices(SHAPE_KJI)
+    labels = np.where(case_scene.tumor, np.where(k < 11, 1, np.where(k < 13, 3, 2)), 0).astype(np.uint8)
+    image = geometry.copy_geometry(labels, reference)
+    segmentation = case_scene.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "KiMap tumour")
+    fill_tumour_segments(segmentation, image, t1c)
+    names = [segmentation.GetSegmentation().GetNthSegment(n).GetName() for n in range(3)]
+    assert names == list(SEGMENT_NAMES.values())
+    back = sitk.GetArrayFromImage(tumour_labels(segmentation, t1c))
+    np.testing.assert_array_equal(back, labels)
+    ki67_node, _ = KiMapLogic().computeMap(volumes_of(case_scene), segmentation, probe)
+    mapped = np.isfinite(slicer.util.arrayFromVolume(ki67_node))
+    np.testing.assert_array_equal(mapped, (labels == 2) | (labels == 3))
+
+
+TCGA = Path(__file__).resolve().parents[3] / "shared" / "data" / "tcga-du-7294"
+
+
+@pytest.mark.skipif(not (TCGA / "t1c.nii.gz").is_file(), reason="../shared/data/tcga-du-7294 not present")
+def test_propose_tumor_region_on_real_mri_gives_editable_segments():
+    from KiMapLib.slicer.segments import tumour_labels
+
+    scene = mrml_logic.setup_headless_scene()
+    volumes = {}
+    for name in ("t1", "t1c", "t2", "flair"):
+        image = sitk.ReadImage(str(TCGA / f"{name}.nii.gz"), sitk.sitkFloat32)
+        node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name.upper())
+        mrml_logic.update_node_from_image(node, image)
+        volumes[name] = node
+    before = scene_state(scene)
+    with pytest.raises(KiMapError, match="only t1c"):  # t1c alone is refused, and the scene stays as it was
+        KiMapLogic().proposeTumorRegion({"t1c": volumes["t1c"]})
+    assert scene_state(scene) == before
+    segmentation = KiMapLogic().proposeTumorRegion(volumes)
+    assert segmentation.GetSegmentation().GetNumberOfSegments() == 3
+    labels = sitk.GetArrayFromImage(tumour_labels(segmentation, volumes["t1c"])) > 0
+    reference = sitk.GetArrayFromImage(sitk.ReadImage(str(TCGA / "tumor_seg_fusion_mav.nii.gz"))) > 0
+    assert 2 * (labels & reference).sum() / (labels.sum() + reference.sum()) >= 0.80

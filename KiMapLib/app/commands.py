@@ -176,7 +176,7 @@ def _preload(kernels_loaded: threading.Event) -> None:
     finally:
         kernels_loaded.set()  # whatever happened: the model's reader must not wait forever
     with contextlib.suppress(Exception):
-        from KiMapLib.model.plots import pyplot
+        from KiMapLib.plotting import pyplot
 
         pyplot()
 

@@ -8,7 +8,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from KiMapLib.inputs.geometry import LPS_FROM_RAS
-from KiMapLib.model.plots import pyplot
+from KiMapLib.plotting import pyplot
 
 
 def _slice_to_display(values: np.ndarray, image: sitk.Image) -> tuple[np.ndarray, tuple[float, float, float, float]]:

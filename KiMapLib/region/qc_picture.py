@@ -44,7 +44,7 @@ def qc_montage(case: Case, labels: np.ndarray, path: str | Path, title: str = ""
     """Write the montage PNG of ``labels`` (z y x on the case's t1c grid) and return its path."""
     from matplotlib.patches import Patch
 
-    from KiMapLib.model.plots import pyplot
+    from KiMapLib.plotting import pyplot
 
     plt = pyplot()
     rows = [name for name in ROW_SEQUENCES if name in case.images][:2]

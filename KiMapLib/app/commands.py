@@ -201,15 +201,16 @@ def run_map(args: argparse.Namespace) -> int:
     with progress_bar("ki67 map") as progress:
         result = compute_map(case, model, region, {k: v for k, v in covariates.items() if v is not None}, progress,
                              allow_t1c_only=args.allow_t1c_only_region, exclude_labels=tuple(args.exclude_label))
-    points = []
+    points, labels = [], []
     if args.biopsies:
         for biopsy in read_biopsies(args.biopsies):
             try:
                 points.append(biopsy_voxel(case, biopsy))
+                labels.append(str(biopsy.biopsy_id))
             except KiMapError as error:
                 print(f"note: {error}", file=sys.stderr)
     formats = tuple(f.strip() for f in args.formats.split(",") if f.strip())
-    write_map(result, args.out, formats, points_ijk=points)
+    write_map(result, args.out, formats, points_ijk=points, point_labels=labels)
     print_json({k: result.summary[k] for k in ("model_id", "region", "region_voxels", "mapped_voxels", "method",
                                                "timings_s")})
     print(f"ki67_map, ki67_probability, region, tumour_labels, overlay.png, summary.json -> {args.out}")

@@ -74,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
             # the phantom's label 1 is its necrotic core (as in BraTS): not mapped, see docs/phantom.md
             result = compute_map(case, model, label, covariates, progress, exclude_labels=(1,))
         points = [(r["voxel_i"], r["voxel_j"], r["voxel_k"]) for r in rows]
-        write_map_files(result, staging, ("nrrd",), points_ijk=points)
+        write_map_files(result, staging, ("nrrd",), points_ijk=points, point_labels=[str(r["biopsy_id"]) for r in rows])
         ki67 = sitk.GetArrayFromImage(result.ki67)
         inside = np.isfinite(ki67)
         rho = spearman(ki67[inside], truth[inside])

@@ -123,3 +123,37 @@ def grid_description(image: sitk.Image) -> str:
     size = "x".join(str(s) for s in image.GetSize())
     spacing = "x".join(f"{s:.3g}" for s in image.GetSpacing())
     return f"{size} voxels of {spacing} mm"
+
+
+#: Array-axis order, flipped axes and (x, y, z) spacing of an image brought into LPS order (see :func:`lps_axes`).
+AxisOrder = tuple[tuple[int, int, int], tuple[int, ...], tuple[float, float, float]]
+
+
+def lps_axes(image: sitk.Image, image_name: str = "t1c") -> AxisOrder:
+    """Array-axis order and flips that bring a (z, y, x) array closest to LPS order, and the spacing (x, y, z) then.
+
+    Index axis ``c`` of the image runs mostly along physical axis ``p`` (the largest direction cosine); array axis
+    ``2 - c`` goes to ``2 - p``, flipped when it runs against LPS. Exact: only axes are permuted and flipped.
+    """
+    direction = np.array(image.GetDirection()).reshape(3, 3)
+    physical = [int(np.argmax(np.abs(direction[:, c]))) for c in range(3)]
+    if sorted(physical) != [0, 1, 2]:
+        raise GeometryError("the grid is too oblique to tell its axes apart", input_name=image_name,
+                            hint="resample it onto a grid within 45 degrees of the patient axes")
+    order = [0, 0, 0]
+    for c, p in enumerate(physical):
+        order[2 - p] = 2 - c
+    flips = tuple(2 - p for c, p in enumerate(physical) if direction[p, c] < 0)
+    spacing = [0.0, 0.0, 0.0]
+    for c, p in enumerate(physical):
+        spacing[p] = image.GetSpacing()[c]
+    return tuple(order), flips, tuple(spacing)
+
+
+def to_lps(array: np.ndarray, order: tuple[int, int, int], flips: tuple[int, ...]) -> np.ndarray:
+    return np.ascontiguousarray(np.flip(np.transpose(array, order), flips))
+
+
+def from_lps(array: np.ndarray, order: tuple[int, int, int], flips: tuple[int, ...]) -> np.ndarray:
+    """The inverse of :func:`to_lps`: an LPS-ordered array back on the image's own array axes."""
+    return np.ascontiguousarray(np.transpose(np.flip(array, flips), np.argsort(order)))

@@ -236,7 +236,7 @@ def _interpolate(points: np.ndarray, values: np.ndarray, targets: np.ndarray) ->
 
 
 def write_map_files(result: MapResult, folder: Path, formats: tuple[str, ...] = ("nrrd",), overlay: bool = True,
-                    points_ijk: list | None = None) -> None:
+                    points_ijk: list | None = None, point_labels: list[str] | None = None) -> None:
     """Write maps, region, overlay and summary into an existing folder (no atomicity; see :func:`write_map`)."""
     from KiMapLib.maps.pictures import overlay as draw_overlay
 
@@ -251,16 +251,16 @@ def write_map_files(result: MapResult, folder: Path, formats: tuple[str, ...] = 
         written = writer.submit(lambda: [sitk.WriteImage(image, str(path), useCompression=True)
                                          for image, path in volumes])
         if overlay:
-            slice_k = draw_overlay(result.t1c, result.ki67, folder / "overlay.png", points_ijk=points_ijk,
-                                   title=f"ki67 map ({result.summary.get('model_id')}) — research use only")
-            result.summary["overlay_slice_k"] = slice_k
+            result.summary["overlay_slices"] = draw_overlay(
+                result.t1c, result.ki67, folder / "overlay.png", region=result.region, points_ijk=points_ijk,
+                point_labels=point_labels, title=f"ki67 map ({result.summary.get('model_id')}) — research use only")
         written.result()
     (folder / "summary.json").write_text(json.dumps(result.summary, indent=2, default=str) + "\n")
 
 
 def write_map(result: MapResult, out_dir: str | Path, formats: tuple[str, ...] = ("nrrd",), overlay: bool = True,
-              points_ijk: list | None = None) -> Path:
+              points_ijk: list | None = None, point_labels: list[str] | None = None) -> Path:
     """Write the map folder atomically: on any failure the earlier folder stays as it was."""
     with atomic_directory(out_dir, "summary.json", "map") as staging:
-        write_map_files(result, staging, formats, overlay, points_ijk)
+        write_map_files(result, staging, formats, overlay, points_ijk, point_labels)
     return Path(out_dir)

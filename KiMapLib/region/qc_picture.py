@@ -9,7 +9,8 @@ import numpy as np
 import SimpleITK as sitk
 
 from KiMapLib.inputs.case import Case
-from KiMapLib.region.tumour_region import LABEL_COLORS, LABEL_NAMES, lps_axes, to_lps
+from KiMapLib.inputs.geometry import lps_axes, to_lps
+from KiMapLib.region.tumour_region import LABEL_COLORS, LABEL_NAMES
 
 #: Rows of the montage, in order of preference (two are shown).
 ROW_SEQUENCES = ("flair", "t1c", "t2", "t1")

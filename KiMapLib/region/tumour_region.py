@@ -15,7 +15,16 @@ import SimpleITK as sitk
 
 from KiMapLib.errors import KiMapError
 from KiMapLib.inputs.case import Case
-from KiMapLib.inputs.geometry import check_orthonormal, copy_geometry, overlap_fraction, resample_onto, same_grid
+from KiMapLib.inputs.geometry import (
+    check_orthonormal,
+    copy_geometry,
+    from_lps,
+    lps_axes,
+    overlap_fraction,
+    resample_onto,
+    same_grid,
+    to_lps,
+)
 from KiMapLib.region.segmentation import SEQUENCES as SEGMENTATION_SEQUENCES
 from KiMapLib.region.segmentation import segment_tumour
 
@@ -73,7 +82,7 @@ def propose_region(case: Case) -> TumourRegion:
         result = segment_tumour(arrays, spacing, to_lps(case.foreground, order, flips))
     except ValueError as error:  # no usable sequence or foreground: one line, not a traceback
         raise KiMapError(str(error), input_name="tumour region", hint=WHAT_TO_DO) from error
-    labels = np.ascontiguousarray(np.transpose(np.flip(result.labels, flips), np.argsort(order)), dtype=np.uint8)
+    labels = from_lps(result.labels, order, flips).astype(np.uint8)
     method = {**result.method, "sequences": names}
     return TumourRegion(labels=labels, source="automatic", method=method, qc=result.qc,
                         problems=list(result.problems), excluded_labels=(NECROTIC,))
@@ -125,28 +134,3 @@ def require_plausible(region: TumourRegion, allow_t1c_only: bool = False) -> Non
 
 #: The start of the problem :func:`segment_tumour` reports when t1c is the only sequence it could use.
 T1C_ONLY_PROBLEM = "only t1c"
-
-
-def lps_axes(image: sitk.Image) -> tuple[tuple[int, int, int], tuple[int, ...], tuple[float, float, float]]:
-    """Array-axis order and flips that bring a (z, y, x) array closest to LPS order, and the spacing (x, y, z) then.
-
-    Index axis ``c`` of the image runs mostly along physical axis ``p`` (the largest direction cosine); array axis
-    ``2 - c`` goes to ``2 - p``, flipped when it runs against LPS. Exact: only axes are permuted and flipped.
-    """
-    direction = np.array(image.GetDirection()).reshape(3, 3)
-    physical = [int(np.argmax(np.abs(direction[:, c]))) for c in range(3)]
-    if sorted(physical) != [0, 1, 2]:
-        raise KiMapError("the t1c grid is too oblique to tell its axes apart", input_name="t1c",
-                         hint="give the tumour region yourself (--region), or resample the t1c")
-    order = [0, 0, 0]
-    for c, p in enumerate(physical):
-        order[2 - p] = 2 - c
-    flips = tuple(2 - p for c, p in enumerate(physical) if direction[p, c] < 0)
-    spacing = [0.0, 0.0, 0.0]
-    for c, p in enumerate(physical):
-        spacing[p] = image.GetSpacing()[c]
-    return tuple(order), flips, tuple(spacing)
-
-
-def to_lps(array: np.ndarray, order: tuple[int, int, int], flips: tuple[int, ...]) -> np.ndarray:
-    return np.ascontiguousarray(np.flip(np.transpose(array, order), flips))

@@ -10,11 +10,12 @@ import tempfile
 import threading
 from pathlib import Path
 
-from KiMapLib.errors import KiMapError
+from KiMapLib.errors import FieldOfViewError, KiMapError
 from KiMapLib.features.table import read_table, write_table
-from KiMapLib.inputs.biopsies import Biopsy, read_biopsies
+from KiMapLib.inputs.biopsies import AGE_RANGE, Biopsy, read_biopsies
 from KiMapLib.inputs.case import prepare_case
-from KiMapLib.inputs.images import parse_volume_args, read_volume, read_volumes
+from KiMapLib.inputs.geometry import check_ball_grid
+from KiMapLib.inputs.images import inspect_volume, parse_volume_args, read_volume, read_volumes
 from KiMapLib.settings import SEQUENCES, ExtractionSettings
 
 
@@ -60,12 +61,34 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         "choroid plexus: look at region_qc.png); default: refused, give FLAIR/T2 or --region")
     mapper.add_argument("--model", type=Path, help="model bundle folder (default: the packaged model)")
     mapper.add_argument("--biopsies", type=Path, help="optional biopsy points to mark on the overlay")
-    mapper.add_argument("--age", type=float)
+    mapper.add_argument("--age", type=_age, help="years (0-120)")
     mapper.add_argument("--sex", choices=("F", "M"))
     mapper.add_argument("--tumor-type", choices=("primary", "recurrent"))
     mapper.add_argument("--formats", default="nrrd", help="comma-separated: nrrd,nifti")
     mapper.add_argument("--out", type=Path, required=True, help="output folder")
     mapper.set_defaults(func=run_map)
+
+
+def _age(text: str) -> float:
+    try:
+        age = float(text)
+    except ValueError:
+        age = float("nan")
+    if not AGE_RANGE[0] <= age <= AGE_RANGE[1]:
+        raise argparse.ArgumentTypeError(f"'{text}' is not an age from {AGE_RANGE[0]:g} to {AGE_RANGE[1]:g} years")
+    return age
+
+
+def _check_volumes(volumes: dict[str, Path], settings: ExtractionSettings, patient: str) -> None:
+    """From the headers alone, before any work: every volume readable and within the memory budget, and the
+    t1c grid fine enough (and not too fine) for the ball."""
+    if "t1c" not in volumes:
+        raise KiMapError(f"no t1c volume for patient {patient}", input_name="t1c",
+                         hint="every model and map is defined on the t1c grid")
+    for name, path in volumes.items():
+        _, spacing = inspect_volume(path, name)
+        if name == "t1c":
+            check_ball_grid(spacing, settings.ball_radius_mm, f"t1c of {patient}")
 
 
 def _settings(args: argparse.Namespace) -> ExtractionSettings:
@@ -105,6 +128,8 @@ def run_extract(args: argparse.Namespace) -> int:
             raise KiMapError("--biopsies is required with --volume", input_name="--biopsies")
         biopsies = read_biopsies(args.biopsies, args.patient_id)
         patients = [(args.patient_id or "patient", parse_volume_args(args.volume), biopsies)]
+    for pid, volumes, _ in patients:  # every input checked before the first patient is extracted
+        _check_volumes(volumes, settings, pid)
     rows: list[dict] = []
     errors: list[KiMapError] = []
     for pid, volumes, biopsies in patients:
@@ -118,8 +143,11 @@ def run_extract(args: argparse.Namespace) -> int:
         raise KiMapError("no biopsy could be extracted; nothing written", input_name="--biopsies")
     write_table(rows, args.out)
     args.out.with_suffix(".settings.json").write_text(json.dumps(settings.to_dict(), indent=2) + "\n")
+    partial = sum(isinstance(error, FieldOfViewError) for error in errors)  # rows kept, one sequence empty
+    problems = [f"{len(errors) - partial} biopsies failed"] if len(errors) > partial else []
+    problems += [f"{partial} sequence(s) outside a field of view left empty"] if partial else []
     print(f"{len(rows)} biopsies x {sum('_original_' in k for k in rows[0])} features -> {args.out}"
-          + (f" ({len(errors)} biopsies failed, listed above)" if errors else ""))
+          + (f" ({', '.join(problems)}; listed above)" if errors else ""))
     return 1 if errors else 0
 
 
@@ -194,21 +222,21 @@ def run_map(args: argparse.Namespace) -> int:
     kernels_loaded = threading.Event()
     threading.Thread(target=_preload, args=(kernels_loaded,), name="kimap-preload", daemon=True).start()
     model = load_model(args.model, background=True, start_after=kernels_loaded)
+    biopsies = read_biopsies(args.biopsies) if args.biopsies else []  # every input is checked before the map
     volumes = read_volumes(parse_volume_args(args.volume))
     case = prepare_case(volumes, model.settings, required=model.required_sequences)
     region = read_volume(args.region, "region") if args.region else None
     covariates = {"age": args.age, "sex": args.sex, "tumor_type": args.tumor_type}
+    points, labels = [], []
+    for biopsy in biopsies:
+        try:
+            points.append(biopsy_voxel(case, biopsy))
+            labels.append(str(biopsy.biopsy_id))
+        except KiMapError as error:
+            print(f"note: {error}", file=sys.stderr)
     with progress_bar("ki67 map") as progress:
         result = compute_map(case, model, region, {k: v for k, v in covariates.items() if v is not None}, progress,
                              allow_t1c_only=args.allow_t1c_only_region, exclude_labels=tuple(args.exclude_label))
-    points, labels = [], []
-    if args.biopsies:
-        for biopsy in read_biopsies(args.biopsies):
-            try:
-                points.append(biopsy_voxel(case, biopsy))
-                labels.append(str(biopsy.biopsy_id))
-            except KiMapError as error:
-                print(f"note: {error}", file=sys.stderr)
     formats = tuple(f.strip() for f in args.formats.split(",") if f.strip())
     write_map(result, args.out, formats, points_ijk=points, point_labels=labels)
     print_json({k: result.summary[k] for k in ("model_id", "region", "region_voxels", "mapped_voxels", "method",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
@@ -15,7 +14,7 @@ import SimpleITK as sitk
 
 from KiMapLib.atomic import atomic_directory
 from KiMapLib.errors import KiMapError
-from KiMapLib.features.neighbourhood import ball_offsets
+from KiMapLib.features.neighbourhood import ball_offsets, min_kernel_voxels, voxels_outside_coverage
 from KiMapLib.inputs.case import Case
 from KiMapLib.inputs.geometry import copy_geometry
 from KiMapLib.model.bundle import KiMapModel
@@ -48,7 +47,7 @@ def _engine_features(case: Case, centres: np.ndarray, region: np.ndarray, used: 
 
     settings = {**case.settings.pyradiomics_settings(), "ballRadius": case.settings.ball_radius_mm}
     full_ball = len(ball_offsets(case.reference.GetSpacing(), case.settings.ball_radius_mm))
-    min_voxels = math.ceil(case.settings.min_ball_fraction * full_ball)
+    min_voxels = min_kernel_voxels(full_ball, case.settings.min_ball_fraction)
     mask = copy_geometry(region.astype(np.uint8), case.reference)
     foreground = copy_geometry(case.foreground.astype(np.uint8), case.reference)
     by_sequence: dict[str, list[str]] = defaultdict(list)
@@ -89,6 +88,21 @@ def _reference_features(case: Case, centres: np.ndarray, used: list[str], progre
         values[row] = [features[name] for name in used]
     return samples, values, (f"pyradiomics reference at {len(samples)} lattice voxels (every {step} voxels), "
                              "ki67 interpolated linearly between them (nearest outside their hull)")
+
+
+def outside_field_of_view(case: Case, centres: np.ndarray, sequences: list[str] | tuple[str, ...]
+                           ) -> dict[str, np.ndarray]:
+    """Sequence -> mask over ``centres`` of the voxels whose ball (within the foreground) leaves that sequence's
+    field of view; only sequences with such voxels are listed."""
+    offsets = ball_offsets(case.reference.GetSpacing(), case.settings.ball_radius_mm)
+    outside = {}
+    for sequence in sequences:
+        uncovered = case.uncovered(sequence)
+        if uncovered is not None:
+            leaves = voxels_outside_coverage(uncovered, centres, offsets) > 0
+            if leaves.any():
+                outside[sequence] = leaves
+    return outside
 
 
 def region_features(case: Case, centres: np.ndarray, region: np.ndarray, used: list[str], method: str = "auto",
@@ -151,6 +165,11 @@ def compute_map(case: Case, model: KiMapModel, region: sitk.Image | TumourRegion
     if len(centres) == 0:
         raise KiMapError("the region has no voxel inside the image foreground", input_name="region")
     used = model.used_features
+    used_sequences = sorted({name.split("_", 1)[0] for name in used})
+    outside = outside_field_of_view(case, centres, used_sequences)
+    leaves_view = np.zeros(len(centres), dtype=bool)
+    for leaves in outside.values():
+        leaves_view |= leaves
     report(progress, 0.0, f"features at {len(centres)} voxels")
     features_started = time.perf_counter()
     sample_rows, values, note, method = region_features(case, centres, region_array, used, method,
@@ -162,6 +181,7 @@ def compute_map(case: Case, model: KiMapModel, region: sitk.Image | TumourRegion
     for column, name in enumerate(used):
         matrix[:, model.input_features.index(name)] = values[:, column]
     valid = np.isfinite(values).any(axis=1) if used else np.ones(len(sample_rows), bool)
+    valid &= ~leaves_view[sample_rows]  # their features would come from padding
     ki67_samples = np.full(len(sample_rows), np.nan)
     if valid.any():
         ki67_samples[valid] = model.predict_matrix(matrix[valid])[0]
@@ -169,6 +189,7 @@ def compute_map(case: Case, model: KiMapModel, region: sitk.Image | TumourRegion
         ki67_values = ki67_samples
     else:
         ki67_values = _interpolate(centres[sample_rows][valid], ki67_samples[valid], centres)
+    ki67_values[leaves_view] = np.nan  # not interpolated either
     probability_values = model.probability(ki67_values)
 
     ki67 = np.full(region_array.shape, OUTSIDE_VALUE, dtype=np.float32)
@@ -186,7 +207,11 @@ def compute_map(case: Case, model: KiMapModel, region: sitk.Image | TumourRegion
         "tumour_region": tumour.summary(case.reference.GetSpacing()),
         "region_voxels": len(centres),
         "mapped_voxels": int(mapped.sum()),
-        "unmapped_voxels_reason": "ball has fewer foreground voxels than min_ball_fraction",
+        "unmapped_voxels_reason": ("ball has fewer foreground voxels than min_ball_fraction (and at least 7), or "
+                                   "leaves the field of view of a sequence the model uses"),
+        "unmapped_voxels_outside_field_of_view": int(leaves_view.sum()),
+        "unmapped_voxels_outside_field_of_view_by_sequence": {name: int(leaves.sum())
+                                                              for name, leaves in outside.items()},
         "outside_value": "NaN (not computed outside the region"
                          + ("; the necrotic core is NaN too" if tumour.excluded_labels else "") + ")",
         "method": note,

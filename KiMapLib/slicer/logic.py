@@ -117,14 +117,17 @@ class KiMapLogic:
         before touching the scene. A point whose neighbourhood cannot be used gets a note in its row.
         """
         require_dependencies()
+        from KiMapLib.inputs.biopsies import check_covariate_values, check_ki67
         from KiMapLib.model import prediction
 
+        covariates = check_covariate_values(covariates)  # every input is checked before any work
+        biopsies = biopsies_from_markups(markupsNode, patientId, covariates)
+        measured = measured_ki67_from_table(tableNode)
+        measured.update({str(label): check_ki67(value, f"point {label}", "measured ki67", "measuredKi67")
+                         for label, value in (measuredKi67 or {}).items()})
         model = self._resolve_model(model)
         case = self._case(volumeNodes, model, scaled(progress, 0.0, 0.1))
-        biopsies = biopsies_from_markups(markupsNode, patientId, covariates)
         check_points_inside(biopsies, case.reference)
-        measured = measured_ki67_from_table(tableNode)
-        measured.update({str(label): float(value) for label, value in (measuredKi67 or {}).items()})
         for biopsy in biopsies:
             biopsy.ki67 = measured.get(biopsy.biopsy_id)
         rows, errors = prediction.predict_biopsies(case, biopsies, model, progress=scaled(progress, 0.1, 0.95))
@@ -194,9 +197,11 @@ class KiMapLogic:
         transparent. Returns ``(ki67Node, probabilityNode)``.
         """
         require_dependencies()
+        from KiMapLib.inputs.biopsies import check_covariate_values
         from KiMapLib.maps import mapping
         from KiMapLib.region.tumour_region import given_region
 
+        covariates = check_covariate_values(covariates)  # every input is checked before the map is computed
         model = self._resolve_model(model)
         case = self._case(volumeNodes, model, scaled(progress, 0.0, 0.05))
         t1c_node = volumeNodes["t1c"]
@@ -208,7 +213,7 @@ class KiMapLogic:
             region = region_image(regionNode, t1c_node)
         if region is not None:  # checked here, before the computation: empty or foreign regions stop at once
             region = given_region(region, case.reference, "tumor region", exclude)
-        result = mapping.compute_map(case, model, region=region, covariates=dict(covariates) if covariates else None,
+        result = mapping.compute_map(case, model, region=region, covariates=covariates or None,
                                      progress=scaled(progress, 0.05, 0.97), allow_t1c_only=allowT1cOnly,
                                      exclude_labels=exclude)
         # Everything below only adds/updates nodes: all checks and the computation are done.

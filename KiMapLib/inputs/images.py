@@ -154,17 +154,12 @@ def align_to_t1c(volumes: dict[str, sitk.Image]) -> tuple[dict[str, sitk.Image],
     return aligned, notes, coverage
 
 
-def check_region(region: sitk.Image, reference: sitk.Image, name: str = "region") -> sitk.Image:
-    """A region label on the t1c grid as uint8 (labels > 0), resampling nearest-neighbour if it overlaps."""
+def label_on_grid(region: sitk.Image, reference: sitk.Image, name: str = "region") -> sitk.Image:
+    """A label volume on the t1c grid, its values kept (nearest-neighbour resampling when it lies on another grid)."""
     check_orthonormal(region, name)
     if not same_grid(region, reference):
         if overlap_fraction(reference, region) == 0.0:
             raise GeometryError("does not overlap the t1c volume", input_name=name,
                                 hint="give a label volume in the t1c's physical space")
         region = resample_onto(region, reference, interpolator=sitk.sitkNearestNeighbor)
-    array = sitk.GetArrayFromImage(region)
-    mask = sitk.GetImageFromArray((array > 0).astype(np.uint8))
-    mask.CopyInformation(reference)
-    if not array.any():
-        raise KiMapError("the region is empty (no voxel > 0)", input_name=name, hint="give a non-empty tumor label")
-    return mask
+    return region

@@ -16,15 +16,12 @@ import SimpleITK as sitk
 from KiMapLib.errors import KiMapError
 from KiMapLib.inputs.case import Case
 from KiMapLib.inputs.geometry import (
-    check_orthonormal,
     copy_geometry,
     from_lps,
     lps_axes,
-    overlap_fraction,
-    resample_onto,
-    same_grid,
     to_lps,
 )
+from KiMapLib.inputs.images import label_on_grid
 from KiMapLib.region.segmentation import SEQUENCES as SEGMENTATION_SEQUENCES
 from KiMapLib.region.segmentation import segment_tumour
 
@@ -95,12 +92,7 @@ def given_region(region: sitk.Image, reference: sitk.Image, name: str = "region"
     Every voxel > 0 is mapped, except ``exclude_labels`` (e.g. 1 for a BraTS necrotic core). A given region is the
     user's decision: KiMap does not guess which of its labels is necrosis.
     """
-    check_orthonormal(region, name)
-    if not same_grid(region, reference):
-        if overlap_fraction(reference, region) == 0.0:
-            raise KiMapError("does not overlap the t1c volume", input_name=name,
-                             hint="give a label volume in the t1c's physical space")
-        region = resample_onto(region, reference, interpolator=sitk.sitkNearestNeighbor)
+    region = label_on_grid(region, reference, name)
     values = sitk.GetArrayFromImage(region)
     whole = np.isfinite(values).all() and np.all(values == np.round(values))
     if not whole or values.min() < 0 or values.max() > 255:

@@ -11,6 +11,7 @@ from KiMapLib.atomic import atomic_directory
 from KiMapLib.errors import KiMapError
 from KiMapLib.inputs.case import prepare_case
 from KiMapLib.inputs.images import parse_volume_args, read_volumes
+from KiMapLib.outputs import check_output_folder
 from KiMapLib.progress import progress_bar
 
 #: Exit status when the proposal was written for review but failed its plausibility checks.
@@ -38,14 +39,16 @@ def run(args: argparse.Namespace) -> int:
     from KiMapLib.region.qc_picture import qc_montage
     from KiMapLib.region.tumour_region import propose_region, require_plausible
 
-    volumes = read_volumes(parse_volume_args(args.volume))
+    volume_paths = parse_volume_args(args.volume)
+    check_output_folder(args.out, "segmentation", [(f"--volume {name}", path) for name, path in volume_paths.items()])
+    volumes = read_volumes(volume_paths)
     case = prepare_case(volumes)
     with progress_bar("tumour segmentation") as progress:
         progress(0.0, "segmenting")
         tumour = propose_region(case)
         progress(0.9, "QC picture")
         qc = tumour.summary(case.reference.GetSpacing())
-        with atomic_directory(args.out, "region_qc.json", "segmentation") as staging:
+        with atomic_directory(args.out, "segmentation") as staging:
             import SimpleITK as sitk
 
             sitk.WriteImage(tumour.label_image(case.reference), str(staging / "tumour_labels.nrrd"),

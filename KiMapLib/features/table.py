@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import csv
 import math
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from KiMapLib.atomic import atomic_files
 from KiMapLib.errors import KiMapError
 from KiMapLib.inputs.biopsies import check_covariates, check_ki67
 from KiMapLib.inputs.csv_text import read_csv_records
@@ -65,20 +64,18 @@ def read_table(path: str | Path) -> list[dict]:
     return rows
 
 
-def write_table(rows: Sequence[dict], path: str | Path) -> None:
-    """Write rows (union of their keys, first-seen order) atomically: a failed write keeps the old file."""
-    path = Path(path)
+def write_table_file(rows: Sequence[dict], path: str | Path) -> None:
+    """Write rows (union of their keys, first-seen order) to ``path`` as it is (see :func:`write_table`)."""
     columns: list[str] = []
     for row in rows:
         columns.extend(key for key in row if key not in columns)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", newline="") as stream:
-            writer = csv.DictWriter(stream, fieldnames=columns)
-            writer.writeheader()
-            writer.writerows({k: ("" if v is None else v) for k, v in row.items()} for row in rows)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    with open(path, "w", newline="") as stream:
+        writer = csv.DictWriter(stream, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows({k: ("" if v is None else v) for k, v in row.items()} for row in rows)
+
+
+def write_table(rows: Sequence[dict], path: str | Path) -> None:
+    """Write rows atomically (KiMapLib.atomic): a failed write keeps the old file, none is left half-written."""
+    with atomic_files([path]) as (staging,):
+        write_table_file(rows, staging)

@@ -285,7 +285,7 @@ def write_map_files(result: MapResult, folder: Path, formats: tuple[str, ...] = 
 
 def write_map(result: MapResult, out_dir: str | Path, formats: tuple[str, ...] = ("nrrd",), overlay: bool = True,
               points_ijk: list | None = None, point_labels: list[str] | None = None) -> Path:
-    """Write the map folder atomically: on any failure the earlier folder stays as it was."""
-    with atomic_directory(out_dir, "summary.json", "map") as staging:
+    """Write the map folder atomically: on any failure the earlier folder stays as it was (KiMapLib.atomic)."""
+    with atomic_directory(out_dir, "map") as staging:
         write_map_files(result, staging, formats, overlay, points_ijk, point_labels)
     return Path(out_dir)

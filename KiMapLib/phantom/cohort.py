@@ -240,7 +240,7 @@ def generate_cohort(out_dir: str | Path, n_patients: int, seed: int, *, dicom: b
     children = np.random.SeedSequence(int(seed)).spawn(n_patients)
     records: list[dict] = []
     all_biopsies: list[Biopsy] = []
-    with atomic_directory(out_dir, "cohort.json", "phantom cohort") as staging:
+    with atomic_directory(out_dir, "phantom cohort") as staging:
         for index, (patient_id, child) in enumerate(zip(ids, children, strict=True)):
             report(progress, index / n_patients, f"patient {patient_id}")
             site = scanner.INSTITUTIONS[index % len(scanner.INSTITUTIONS)]

@@ -21,8 +21,10 @@ import numpy as np
 import SimpleITK as sitk
 import slicer
 
+from KiMapLib.atomic import atomic_directory
 from KiMapLib.errors import GeometryError, KiMapError
 from KiMapLib.inputs import geometry
+from KiMapLib.outputs import check_output_folder
 from KiMapLib.progress import ProgressCallback, report, scaled
 from KiMapLib.slicer.dependencies import dependency_message, require_dependencies
 from KiMapLib.slicer.display import (
@@ -274,7 +276,9 @@ class KiMapLogic:
         and the biopsy table (CSV) into a new folder ``outputDirectory/folderName`` and return that folder.
 
         The folder (default: the ki67 node's name) is replaced as a whole and atomically, so it is always a
-        dedicated sub-folder: the chosen ``outputDirectory`` itself is never emptied. ``formats``: "nrrd",
+        dedicated sub-folder: the chosen ``outputDirectory`` itself is never emptied, and an existing sub-folder
+        is replaced only when it is an earlier, unchanged KiMap map (its manifest); a folder holding a file the
+        scene was loaded from is refused before anything is written (KiMapLib.outputs). ``formats``: "nrrd",
         "nifti", and "dicom" — the radiation-planning export (:func:`KiMapLib.export.planning.export_planning`:
         Parametric Maps and an RT Structure Set of ``levels``) into ``<folder>_planning`` beside it, referencing
         the t1c DICOM series in ``referenceDicomDirectory``.
@@ -302,6 +306,11 @@ class KiMapLogic:
         if parent.exists() and not parent.is_dir():
             raise KiMapError(f"{parent} is a file", input_name="export folder", hint="choose a folder")
         out_dir = parent / _safe_name(folderName or ki67Node.GetName())
+        planning_dir = out_dir.with_name(f"{out_dir.name}_planning")
+        inputs = [*self._scene_files(), ("t1c DICOM", referenceDicomDirectory if dicom else None)]
+        check_output_folder(out_dir, "map", inputs, option="export folder")
+        if dicom:
+            check_output_folder(planning_dir, "export", inputs, option="export folder")
         ki67 = sitk.Cast(image_from_node(ki67Node, "map"), sitk.sitkFloat32)
         probability = sitk.Cast(image_from_node(probabilityNode, "map"), sitk.sitkFloat32)
         region = geometry.copy_geometry(np.isfinite(sitk.GetArrayViewFromImage(ki67)).astype(np.uint8), ki67)
@@ -310,18 +319,29 @@ class KiMapLogic:
         summary = json.loads(ki67Node.GetAttribute(ATTRIBUTE_SUMMARY) or "{}")
         summary["exported_from"] = "3D Slicer scene (KiMap module)"
         result = mapping.MapResult(ki67=ki67, probability=probability, region=region, t1c=t1c, summary=summary)
-        with tempfile.TemporaryDirectory() as scratch:
-            table_csv = write_table_csv(tableNode, Path(scratch) / "biopsies.csv") if tableNode is not None else None
-            if dicom:  # first, so that a reference series that does not fit the map stops the export early
-                from KiMapLib.export.planning import export_planning
+        if dicom:  # first, so that a reference series that does not fit the map stops the export early
+            from KiMapLib.export.planning import export_planning
 
+            with tempfile.TemporaryDirectory() as scratch:
                 staged = mapping.write_map(result, Path(scratch) / "map", formats=("nrrd",), overlay=False)
-                export_planning(staged, Path(referenceDicomDirectory), out_dir.with_name(f"{out_dir.name}_planning"),
-                                levels=levels, progress=progress)
-            mapping.write_map(result, out_dir, formats=formats, overlay=t1c is not None)
-            if table_csv is not None:
-                table_csv.replace(out_dir / "biopsies.csv")
+                export_planning(staged, Path(referenceDicomDirectory), planning_dir, levels=levels,
+                                progress=progress)
+        with atomic_directory(out_dir, "map", option="export folder") as staging:
+            mapping.write_map_files(result, staging, formats, overlay=t1c is not None)
+            if tableNode is not None:
+                write_table_csv(tableNode, staging / "biopsies.csv")
         return out_dir
+
+    def _scene_files(self) -> list[tuple[str, Path]]:
+        """The files the scene's nodes were loaded from or are stored in (no export may overwrite or hold one)."""
+        files = []
+        for node in self.scene.GetNodesByClass("vtkMRMLStorableNode"):
+            storage = node.GetStorageNode()
+            if storage is None:
+                continue
+            names = {storage.GetFileName(), *(storage.GetNthFileName(i) for i in range(storage.GetNumberOfFileNames()))}
+            files += [(f"scene file of '{node.GetName()}'", Path(name)) for name in sorted(n for n in names if n)]
+        return files
 
 
 def _safe_name(name: str) -> str:

@@ -355,6 +355,42 @@ def test_export_map_writes_nan_outside_and_table(case_scene, probe, tmp_path):
         logic.exportMap(ki67_node, tmp_path, formats=())
 
 
+def test_export_map_keeps_user_files_and_the_scene_s_own_files(case_scene, probe, tmp_path):
+    """exportMap replaces only an earlier, unchanged KiMap map; a folder holding a file the scene was loaded
+    from, or a file the user added, is refused before anything is written (issue 12, items 2 and 3)."""
+    logic = KiMapLogic()
+    ki67_node, _ = logic.computeMap(volumes_of(case_scene), case_scene.label, probe)
+    case = tmp_path / "case"
+    case.mkdir()
+    (case / "t1c.nrrd").write_bytes(b"the t1c the scene was loaded from")
+    storage = logic.scene.AddNewNodeByClass("vtkMRMLVolumeArchetypeStorageNode")
+    storage.SetFileName(str(case / "t1c.nrrd"))
+    t1c = case_scene.volumes["t1c"]
+    t1c.SetAndObserveStorageNodeID(storage.GetID())
+    try:
+        with pytest.raises(KiMapError, match=rf"^export folder: {case} holds the input scene file of "
+                                             rf"'{t1c.GetName()}' \({case / 't1c.nrrd'}\)"):
+            logic.exportMap(ki67_node, tmp_path, folderName="case", formats=("nrrd",))
+    finally:
+        t1c.SetAndObserveStorageNodeID(None)
+        logic.scene.RemoveNode(storage)
+    assert (case / "t1c.nrrd").read_bytes() == b"the t1c the scene was loaded from"
+
+    folder = logic.exportMap(ki67_node, tmp_path, folderName="map", formats=("nrrd",))
+    manifest = json.loads((folder / ".kimap-manifest.json").read_text())
+    assert manifest["kind"] == "map" and "ki67_map.nrrd" in manifest["files"]
+    (folder / "notes.txt").write_text("mine")
+    with pytest.raises(KiMapError, match=r"holds files KiMap did not write .*notes\.txt \(not KiMap's\)"):
+        logic.exportMap(ki67_node, tmp_path, folderName="map", formats=("nifti",))
+    assert (folder / "ki67_map.nrrd").is_file() and (folder / "notes.txt").read_text() == "mine"
+    (folder / "notes.txt").unlink()
+    logic.exportMap(ki67_node, tmp_path, folderName="map", formats=("nifti",))
+    assert sorted(p.name for p in folder.iterdir()) == [".kimap-manifest.json", "ki67_map.nii.gz",
+                                                        "ki67_probability.nii.gz", "overlay.png", "region.nii.gz",
+                                                        "summary.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["case", "map"]
+
+
 def test_slice_view_overlay_shows_map_colors(case_scene, probe):
     logic = KiMapLogic()
     ki67_node, _ = logic.computeMap(volumes_of(case_scene), case_scene.label, probe)

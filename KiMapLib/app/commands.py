@@ -58,6 +58,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     mapper.add_argument("--allow-t1c-only-region", action="store_true",
                         help="accept the automatic region from t1c alone (bright t1c is also vessels, sinuses and "
                         "choroid plexus: look at region_qc.png); default: refused, give FLAIR/T2 or --region")
+    mapper.add_argument("--segmentation-model", type=Path, metavar="DIR",
+                        help="your own tumour segmentation model (ONNX bundle: model.onnx + segmentation_card.json) "
+                        "instead of the automatic method; its necrotic core is not mapped")
     mapper.add_argument("--model", type=Path, help="model bundle folder (default: the packaged model)")
     mapper.add_argument("--biopsies", type=Path, help="optional biopsy points to mark on the overlay")
     mapper.add_argument("--age", type=float)
@@ -187,16 +190,24 @@ def run_map(args: argparse.Namespace) -> int:
     from KiMapLib.maps.mapping import compute_map, write_map
     from KiMapLib.model.bundle import load_model
     from KiMapLib.progress import progress_bar
+    from KiMapLib.region.model_region import model_region
+    from KiMapLib.region.onnx_model import load_segmentation_model
 
     # the compiled feature kernels, skops (reading the model) and matplotlib (the overlay) take about a second each
     # to load: they load in the background, kernels first, while the volumes are read and the features computed;
     # the model file is verified before anything runs
     kernels_loaded = threading.Event()
     threading.Thread(target=_preload, args=(kernels_loaded,), name="kimap-preload", daemon=True).start()
+    if args.region and args.segmentation_model:
+        raise KiMapError("give either --region or --segmentation-model, not both", input_name="--segmentation-model")
+    segmentation_model = load_segmentation_model(args.segmentation_model) if args.segmentation_model else None
     model = load_model(args.model, background=True, start_after=kernels_loaded)
     volumes = read_volumes(parse_volume_args(args.volume))
     case = prepare_case(volumes, model.settings, required=model.required_sequences)
     region = read_volume(args.region, "region") if args.region else None
+    if segmentation_model is not None:
+        with progress_bar("tumour segmentation") as progress:
+            region = model_region(case, segmentation_model, volumes, progress)
     covariates = {"age": args.age, "sex": args.sex, "tumor_type": args.tumor_type}
     with progress_bar("ki67 map") as progress:
         result = compute_map(case, model, region, {k: v for k, v in covariates.items() if v is not None}, progress,

@@ -285,25 +285,45 @@ def test_a_custom_operator_domain_is_refused(tmp_path):
         load_segmentation_model(folder)
 
 
-def test_tensor_data_outside_the_bundle_is_refused(tmp_path):
+def external_weights_bundle(tmp_path: Path, location: str, listed: bool) -> Path:
+    """The threshold model with its second weights in a file ``location`` (relative to the bundle folder)."""
     proto = onnx.load_model_from_string(threshold_graph())
     weights = next(t for t in proto.graph.initializer if t.name == "w2")
-    outside = tmp_path / "weights.bin"
-    outside.write_bytes(numpy_helper.to_array(weights).tobytes())
+    folder = tmp_path / "external"
+    folder.mkdir()
+    target = folder / location
+    target.write_bytes(numpy_helper.to_array(weights).tobytes())
     weights.ClearField("raw_data")
     weights.ClearField("float_data")
     weights.data_location = TensorProto.EXTERNAL
-    for key, value in (("location", "../weights.bin"), ("offset", "0"), ("length", str(outside.stat().st_size))):
+    for key, value in (("location", location), ("offset", "0"), ("length", str(target.stat().st_size))):
         entry = weights.external_data.add()
         entry.key, entry.value = key, value
     data = proto.SerializeToString()
-    folder = tmp_path / "external"
-    folder.mkdir()
+    model_file = {"path": MODEL_FILE, "sha256": sha256_bytes(data), "format": "onnx"}
+    if listed:
+        model_file["external_data"] = [{"path": location, "sha256": sha256_bytes(target.read_bytes())}]
     (folder / MODEL_FILE).write_bytes(data)
-    (folder / CARD_FILE).write_text(json.dumps({**card(), "model_file": {"path": MODEL_FILE, "sha256": sha256_bytes(
-        data), "format": "onnx"}}))
+    (folder / CARD_FILE).write_text(json.dumps({**card(), "model_file": model_file}))
+    return folder
+
+
+def test_tensor_data_outside_the_bundle_or_unverified_is_refused(tmp_path):
     with pytest.raises(ModelError, match=r"reads tensor data from '\.\./weights\.bin', which is not a verified"):
+        load_segmentation_model(external_weights_bundle(tmp_path / "a", "../weights.bin", listed=False))
+    with pytest.raises(ModelError, match=r"reads tensor data from 'weights\.bin', which is not a verified"):
+        load_segmentation_model(external_weights_bundle(tmp_path / "b", "weights.bin", listed=False))
+
+
+def test_verified_external_data_in_the_bundle_is_used(tmp_path):
+    folder = external_weights_bundle(tmp_path, "weights.bin", listed=True)
+    case = prepare_case(lesion_volumes())
+    np.testing.assert_array_equal(model_region(case, load_segmentation_model(folder)).labels, expected_labels(case))
+    weights = folder / "weights.bin"
+    weights.write_bytes(bytes(len(weights.read_bytes())))  # every weight 0
+    with pytest.raises(ModelError, match="does not match the sha256") as refused:
         load_segmentation_model(folder)
+    assert str(weights) in str(refused.value)
 
 
 def test_an_empty_output_is_refused(tmp_path):

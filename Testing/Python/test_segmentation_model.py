@@ -290,7 +290,7 @@ def external_weights_bundle(tmp_path: Path, location: str, listed: bool) -> Path
     proto = onnx.load_model_from_string(threshold_graph())
     weights = next(t for t in proto.graph.initializer if t.name == "w2")
     folder = tmp_path / "external"
-    folder.mkdir()
+    folder.mkdir(parents=True)
     target = folder / location
     target.write_bytes(numpy_helper.to_array(weights).tobytes())
     weights.ClearField("raw_data")

@@ -64,6 +64,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     mapper.add_argument("--allow-t1c-only-region", action="store_true",
                         help="accept the automatic region from t1c alone (bright t1c is also vessels, sinuses and "
                         "choroid plexus: look at region_qc.png); default: refused, give FLAIR/T2 or --region")
+    mapper.add_argument("--segmentation-model", type=Path, metavar="DIR",
+                        help="your own tumour segmentation model (ONNX bundle: model.onnx + segmentation_card.json) "
+                        "instead of the automatic method; its necrotic core is not mapped")
     mapper.add_argument("--model", type=Path, help="model bundle folder (default: the packaged model)")
     mapper.add_argument("--biopsies", type=Path, help="optional biopsy points to mark on the overlay")
     mapper.add_argument("--age", type=_age, help="years (0-120)")
@@ -236,6 +239,8 @@ def run_map(args: argparse.Namespace) -> int:
     from KiMapLib.maps.mapping import compute_map, write_map
     from KiMapLib.model.bundle import load_model, packaged_model_dir
     from KiMapLib.progress import progress_bar
+    from KiMapLib.region.model_region import model_region
+    from KiMapLib.region.onnx_model import load_segmentation_model
 
     volume_paths = parse_volume_args(args.volume)
     check_output_folder(args.out, "map", [("--model", args.model or packaged_model_dir()), ("--region", args.region),
@@ -246,11 +251,17 @@ def run_map(args: argparse.Namespace) -> int:
     # the model file is verified before anything runs
     kernels_loaded = threading.Event()
     threading.Thread(target=_preload, args=(kernels_loaded,), name="kimap-preload", daemon=True).start()
+    if args.region and args.segmentation_model:
+        raise KiMapError("give either --region or --segmentation-model, not both", input_name="--segmentation-model")
+    segmentation_model = load_segmentation_model(args.segmentation_model) if args.segmentation_model else None
     model = load_model(args.model, background=True, start_after=kernels_loaded)
     biopsies = read_biopsies(args.biopsies) if args.biopsies else []  # every input is checked before the map
     volumes = read_volumes(volume_paths)
     case = prepare_case(volumes, model.settings, required=model.required_sequences)
     region = read_volume(args.region, "region") if args.region else None
+    if segmentation_model is not None:
+        with progress_bar("tumour segmentation") as progress:
+            region = model_region(case, segmentation_model, volumes, progress)
     covariates = {"age": args.age, "sex": args.sex, "tumor_type": args.tumor_type}
     points, labels = [], []
     for biopsy in biopsies:

@@ -161,6 +161,8 @@ def compute_map(case: Case, model: KiMapModel, region: sitk.Image | TumourRegion
     region_note = ("automatic tumour segmentation (labels 2 and 3; necrotic core excluded)"
                    if tumour.source == "automatic" else "given region (labels > 0"
                    + (f", except {list(tumour.excluded_labels)})" if tumour.excluded_labels else ")"))
+    if tumour.source.startswith("model:"):
+        region_note = f"tumour segmentation by {tumour.source} (labels 2 and 3; necrotic core excluded)"
     centres = np.stack(np.unravel_index(np.flatnonzero(region_array), region_array.shape), axis=1)  # argwhere
     if len(centres) == 0:
         raise KiMapError("the region has no voxel inside the image foreground", input_name="region")
@@ -233,7 +235,7 @@ def compute_map(case: Case, model: KiMapModel, region: sitk.Image | TumourRegion
 def _sequence_use(case: Case, model: KiMapModel, tumour: TumourRegion) -> dict[str, list[str]]:
     """Which given sequence served what: the model's features, the tumour region, the quality checks."""
     return {"model": [s for s in case.images if s in model.required_sequences],
-            "tumour_region": list(tumour.method.get("sequences", [])) if tumour.source == "automatic" else [],
+            "tumour_region": list(tumour.method.get("sequences", [])) if tumour.source != "given" else [],
             "quality_checks": list(case.images)}
 
 

@@ -40,7 +40,7 @@ class TumourRegion:
     """A label map on the t1c grid (uint8, z y x) and what made it."""
 
     labels: np.ndarray
-    source: str  # "automatic" or "given"
+    source: str  # "automatic", "given" or "model:<model id>" (a user's segmentation model)
     method: dict = field(default_factory=dict)
     qc: dict = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
@@ -109,18 +109,19 @@ def given_region(region: sitk.Image, reference: sitk.Image, name: str = "region"
 
 
 def require_plausible(region: TumourRegion, allow_t1c_only: bool = False) -> None:
-    """Refuse, with one line saying what to do, an automatic region that failed its plausibility checks.
+    """Refuse, with one line saying what to do, an automatic or model's region that failed its plausibility checks.
 
     ``allow_t1c_only`` accepts the t1c-only proposal the user asked for explicitly; every other check still holds.
     """
-    if region.source != "automatic":
+    if region.source == "given":
         return
+    what = "the automatic tumour region" if region.source == "automatic" else f"the tumour region of {region.source}"
     problems = [p for p in region.problems if not (allow_t1c_only and p.lower().startswith(T1C_ONLY_PROBLEM))]
     if problems:
-        raise KiMapError(f"the automatic tumour region is not plausible ({'; '.join(problems)})",
+        raise KiMapError(f"{what} is not plausible ({'; '.join(problems)})",
                          input_name="tumour region", hint=WHAT_TO_DO)
     if not region.mapped.any():
-        raise KiMapError("the automatic tumour region holds no viable tumour (labels 2 or 3)",
+        raise KiMapError(f"{what} holds no viable tumour (labels 2 or 3)",
                          input_name="tumour region", hint=WHAT_TO_DO)
 
 

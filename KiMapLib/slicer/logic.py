@@ -159,21 +159,31 @@ class KiMapLogic:
     # -- map ----------------------------------------------------------------------------------------------------
 
     def proposeTumorRegion(self, volumeNodes: Mapping[str, object], segmentationNode=None,
-                           allowT1cOnly: bool = False, progress: ProgressCallback | None = None):
+                           allowT1cOnly: bool = False, progress: ProgressCallback | None = None,
+                           segmentationModel: str | Path | None = None):
         """The automatic tumour segmentation from every given sequence, as a segmentation node to edit.
 
         Three named, colored segments (necrotic core, oedema / non-enhancing tumour, enhancing tumour) on the t1c
         grid; :meth:`computeMap` with this node maps the visible segments except the necrotic core. A proposal that
         fails its plausibility checks (normal anatomy, t1c only unless ``allowT1cOnly``) raises one line saying what
         to do, and the scene is left as it was. ``segmentationNode`` (optional) is refilled in place.
+        ``segmentationModel``: the folder of the user's own segmentation model (``model.onnx`` and
+        ``segmentation_card.json``, verified by its sha256) to use instead of the automatic method.
         """
         from KiMapLib.inputs.case import prepare_case
+        from KiMapLib.region.model_region import model_region
+        from KiMapLib.region.onnx_model import load_segmentation_model
         from KiMapLib.region.tumour_region import propose_region, require_plausible
 
         report(progress, 0.0, "checking volumes")
-        case = prepare_case(volume_images(volumeNodes))
+        segmenter = load_segmentation_model(segmentationModel) if segmentationModel else None
+        images = volume_images(volumeNodes)
+        case = prepare_case(images)
         report(progress, 0.1, "segmenting the tumour")
-        tumour = propose_region(case)
+        if segmenter is not None:
+            tumour = model_region(case, segmenter, images, scaled(progress, 0.1, 0.9))
+        else:
+            tumour = propose_region(case)
         require_plausible(tumour, allowT1cOnly)
         report(progress, 0.9, "making segments")
         t1c_node = volumeNodes["t1c"]

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import signal
+import threading
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -32,6 +34,19 @@ class Job:
 
 
 @contextlib.contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    """Ignore SIGINT while processes are started (they keep ignoring it); a no-op outside the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+@contextlib.contextmanager
 def dask_client(workers: int | None, scheduler: str | None) -> Iterator[object]:
     """A Dask client on a new local cluster (``workers`` processes, one thread each) or on ``scheduler``."""
     try:
@@ -51,8 +66,9 @@ def dask_client(workers: int | None, scheduler: str | None) -> Iterator[object]:
     else:
         if workers is None or workers < 1:
             raise KiMapError(f"need at least one worker, got {workers}", input_name="--workers")
-        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
-                               silence_logs=logging.ERROR)
+        with _sigint_ignored():  # the worker processes inherit it: Ctrl-C reaches this client only, which stops them
+            cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
+                                   silence_logs=logging.ERROR)
         client = Client(cluster)
     try:
         _check_workers(client, scheduler)

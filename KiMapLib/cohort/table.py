@@ -1,6 +1,6 @@
 """The cohort table from the store: the same rows, columns and values ``kimap extract --cohort`` writes.
 
-Rows are patients by id (sorted like the cohort folder's patient folders), biopsies in their file order; each row
+Rows are patients by key (sorted as ``kimap extract`` sorts the patient folders), biopsies in file order; each row
 is the biopsy's identity and covariates (:meth:`~KiMapLib.inputs.biopsies.Biopsy.row`), its voxel and its features
 in pyradiomics' order. Biopsies whose extraction failed are left out, as ``kimap extract`` leaves them out.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
-from sqlalchemy import Connection, func, select
+from sqlalchemy import Connection, select
 
 from KiMapLib.cohort import schema
 from KiMapLib.cohort.batch_extract import biopsy_query
@@ -60,8 +60,3 @@ def cohort_rows(connection: Connection, settings_row_id: int) -> list[dict]:
         rows.append(row)
     return rows
 
-
-def count_rows(connection: Connection, settings_row_id: int) -> int:
-    table = schema.features
-    return int(connection.execute(select(func.count()).select_from(table).where(
-        table.c.settings_id == settings_row_id, table.c.status == "ok")).scalar())

@@ -18,9 +18,19 @@ def _database(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--db", help=DB_HELP)
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a positive number of workers")
+    return value
+
+
 def _cluster(parser: argparse.ArgumentParser) -> None:
     where = parser.add_mutually_exclusive_group()
-    where.add_argument("--workers", type=int, metavar="N",
+    where.add_argument("--workers", type=_positive, metavar="N",
                        help="start a local Dask cluster of N worker processes (default: compute in this process)")
     where.add_argument("--scheduler", metavar="tcp://HOST:PORT", help="use a running Dask scheduler and its workers")
 

@@ -85,8 +85,18 @@ def _check_workers(client, scheduler: str | None) -> None:
     except TimeoutError:
         raise KiMapError(f"no Dask worker joined {scheduler} within {WORKER_WAIT_S:g} s", input_name="--scheduler",
                          hint=f"start workers with `dask worker {scheduler}` on the machines") from None
-    versions = client.run(environment)
     mine = environment()
+    try:  # recent Dask schedulers unpickle the tasks: the scheduler needs KiMap too
+        on_scheduler = client.run_on_scheduler(environment)
+    except Exception as error:
+        raise KiMapError(f"the Dask scheduler {scheduler} cannot load KiMap's tasks ({type(error).__name__}: "
+                         f"{_first_line(error)})", input_name="--scheduler",
+                         hint="start `dask scheduler` from the same KiMap install (or container image) as the workers"
+                         ) from None
+    if on_scheduler != mine:
+        raise KiMapError(f"the Dask scheduler runs {on_scheduler}, this client {mine}", input_name="--scheduler",
+                         hint="install the same KiMap (the same container image) on the scheduler and every worker")
+    versions = client.run(environment)
     other = {address: version for address, version in versions.items() if version != mine}
     if other:
         address, version = next(iter(other.items()))
@@ -99,26 +109,27 @@ def _first_line(error: BaseException) -> str:
     return lines[0] if lines else ""
 
 
-def run_jobs(task: Callable[[dict], dict], jobs: Sequence[Job], record: Callable[[Job, dict], None], *,
-             workers: int | None = None, scheduler: str | None = None,
-             progress: ProgressCallback | None = None) -> None:
-    """Run ``task`` for every job and ``record(job, result)`` for each result here, in the order they finish.
+class InProcess:
+    """Tasks one after another in this process."""
 
-    Without ``workers`` and ``scheduler`` the tasks run one after another in this process. A KeyboardInterrupt (or
-    a cancel from ``progress``) stops at once: queued tasks are cancelled, recorded results stay.
-    """
-    total = len(jobs)
-    report(progress, 0.0, f"{total} patients")
-    if not jobs:
-        return
-    if workers is None and scheduler is None:
+    def run(self, task: Callable[[dict], dict], jobs: Sequence[Job], record: Callable[[Job, dict], None],
+            progress: ProgressCallback | None = None) -> None:
         for done, job in enumerate(jobs, start=1):
             record(job, task(job.payload))
-            report(progress, done / total, f"{done}/{total} patients ({job.patient_key})")
-        return
-    from distributed import as_completed
+            report(progress, done / len(jobs), f"{done}/{len(jobs)} patients ({job.patient_key})")
 
-    with dask_client(workers, scheduler) as client:
+
+class OnDask:
+    """Tasks on the workers of a Dask client, at most :data:`QUEUED_PER_THREAD` per worker thread at a time."""
+
+    def __init__(self, client) -> None:
+        self.client = client
+
+    def run(self, task: Callable[[dict], dict], jobs: Sequence[Job], record: Callable[[Job, dict], None],
+            progress: ProgressCallback | None = None) -> None:
+        from distributed import as_completed
+
+        client = self.client
         threads = max(1, sum(client.nthreads().values()))
         waiting = iter(jobs)
         running: dict[object, Job] = {}
@@ -144,8 +155,19 @@ def run_jobs(task: Callable[[dict], dict], jobs: Sequence[Job], record: Callable
                     result = {"patient": job.patient_key, "ok": False, "worker": None, "seconds": None,
                               "error": f"worker lost ({type(error).__name__}: {_first_line(error)})"}
                 record(job, result)
-                report(progress, done / total, f"{done}/{total} patients ({job.patient_key})")
+                report(progress, done / len(jobs), f"{done}/{len(jobs)} patients ({job.patient_key})")
                 submit_next()
         finally:
             if running:
                 client.cancel(list(running), force=True)
+
+
+@contextlib.contextmanager
+def executor(workers: int | None = None, scheduler: str | None = None) -> Iterator[InProcess | OnDask]:
+    """Where tasks run: this process (neither given), a new local cluster of ``workers``, or ``scheduler``'s
+    workers. Entering it starts the cluster or connects (and checks the workers) before any task is recorded."""
+    if workers is None and scheduler is None:
+        yield InProcess()
+        return
+    with dask_client(workers, scheduler) as client:
+        yield OnDask(client)

@@ -7,11 +7,11 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import Connection
 
-from KiMapLib.cohort.batch import Job, run_jobs
+from KiMapLib.cohort.batch import InProcess, Job, OnDask, executor
 from KiMapLib.cohort.runs import finish_run, record_patient, start_run
 from KiMapLib.cohort.store import Store
 from KiMapLib.errors import Cancelled
-from KiMapLib.progress import ProgressCallback
+from KiMapLib.progress import ProgressCallback, report
 
 
 @dataclass
@@ -37,6 +37,15 @@ def run_recorded(store: Store, command: str, arguments: dict, task: Callable[[di
     outcome = BatchOutcome(run_id=None, status="done", patients=len(jobs))
     if not jobs:
         return outcome
+    report(progress, 0.0, f"{len(jobs)} patients")
+    with executor(workers, scheduler) as where:  # the cluster is up (or reached) before the run is recorded
+        _run(store, command, arguments, task, jobs, write, where, outcome, progress)
+    return outcome
+
+
+def _run(store: Store, command: str, arguments: dict, task: Callable[[dict], dict], jobs: Sequence[Job],
+         write: Callable[[Connection, int, Job, dict], None], where: InProcess | OnDask, outcome: BatchOutcome,
+         progress: ProgressCallback | None) -> None:
     run_id = outcome.run_id = start_run(store, command, arguments, len(jobs))
 
     def record(job: Job, result: dict) -> None:
@@ -52,7 +61,7 @@ def run_recorded(store: Store, command: str, arguments: dict, task: Callable[[di
             outcome.failed.append((job.patient_key, str(result.get("error"))))
 
     try:
-        run_jobs(task, jobs, record, workers=workers, scheduler=scheduler, progress=progress)
+        where.run(task, jobs, record, progress)
     except (KeyboardInterrupt, Cancelled):
         outcome.status = "cancelled"
         finish_run(store, run_id, "cancelled", "stopped by the user (Ctrl-C)")
@@ -63,4 +72,3 @@ def run_recorded(store: Store, command: str, arguments: dict, task: Callable[[di
     outcome.status = "failed" if outcome.failed else "done"
     finish_run(store, run_id, outcome.status,
                f"{len(outcome.failed)} of {len(jobs)} patients failed" if outcome.failed else None)
-    return outcome

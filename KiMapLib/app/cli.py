@@ -1,4 +1,4 @@
-"""The ``kimap`` command line: phantom, extract, train, map, export, bench-maps, demo."""
+"""The ``kimap`` command line: phantom, extract, train, map, export, bench-maps, demo, cohort."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from KiMapLib.errors import Cancelled, KiMapError
 
 #: Modules that add their own sub-command through ``add_parser(subparsers)`` (some are optional).
 SUBCOMMAND_MODULES = ("KiMapLib.app.phantom_command", "KiMapLib.app.commands", "KiMapLib.app.segment_command",
-                      "KiMapLib.app.export_command",
-                      "KiMapLib.app.bench_maps", "KiMapLib.app.demo")
+                      "KiMapLib.app.export_command", "KiMapLib.app.bench_maps", "KiMapLib.app.demo",
+                      "KiMapLib.app.cohort_command")
 
 
 def print_json(data: object) -> None:

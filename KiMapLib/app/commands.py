@@ -15,10 +15,11 @@ from KiMapLib.errors import FieldOfViewError, KiMapError
 from KiMapLib.features.table import read_table, write_table_file
 from KiMapLib.inputs.biopsies import AGE_RANGE, Biopsy, read_biopsies
 from KiMapLib.inputs.case import prepare_case
+from KiMapLib.inputs.cohort_folder import cohort_folder_patients
 from KiMapLib.inputs.geometry import check_ball_grid
 from KiMapLib.inputs.images import inspect_volume, parse_volume_args, read_volume, read_volumes
 from KiMapLib.outputs import check_output_files, check_output_folder
-from KiMapLib.settings import SEQUENCES, ExtractionSettings
+from KiMapLib.settings import ExtractionSettings
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -38,7 +39,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     extract.set_defaults(func=run_extract)
 
     train = subparsers.add_parser("train", help="train + leave-one-patient-out validation -> model bundle")
-    train.add_argument("--features", type=Path, required=True, help="cohort table from `kimap extract`")
+    table = train.add_mutually_exclusive_group(required=True)
+    table.add_argument("--features", type=Path, help="cohort table from `kimap extract`")
+    table.add_argument("--db", help="cohort database (`kimap cohort`): SQLite path or postgresql:// URL")
+    train.add_argument("--settings", type=int, metavar="ID", help="with --db: extraction settings id (default: the "
+                       "only one); the bundle is also recorded in the database")
     train.add_argument("--out", type=Path, required=True,
                        help="model bundle folder to write (new, empty or an earlier KiMap model bundle)")
     train.add_argument("--target", default="ki67")
@@ -103,18 +108,6 @@ def _settings(args: argparse.Namespace) -> ExtractionSettings:
     return ExtractionSettings(ball_radius_mm=args.radius, bin_width=args.bin_width)
 
 
-def _cohort_patients(folder: Path) -> list[tuple[str, dict[str, Path], Path]]:
-    if not folder.is_dir():
-        raise KiMapError(f"not a folder: {folder}", input_name="--cohort")
-    patients = []
-    for patient in sorted(p for p in folder.iterdir() if (p / "biopsies.csv").is_file()):
-        volumes = {name: patient / f"{name}.nrrd" for name in SEQUENCES if (patient / f"{name}.nrrd").is_file()}
-        patients.append((patient.name, volumes, patient / "biopsies.csv"))
-    if not patients:
-        raise KiMapError(f"no patient folders with biopsies.csv in {folder}", input_name="--cohort")
-    return patients
-
-
 def extract_patient(volumes: dict[str, Path], biopsies: list[Biopsy], settings: ExtractionSettings,
                     progress=None) -> tuple[list[dict], list[KiMapError]]:
     from KiMapLib.features.extraction import extract_biopsies
@@ -136,7 +129,7 @@ def run_extract(args: argparse.Namespace) -> int:
     settings = _settings(args)
     outputs = [args.out, settings_path(args.out)]
     if args.cohort:
-        found = _cohort_patients(args.cohort)
+        found = cohort_folder_patients(args.cohort)
         check_output_files(outputs, [("--cohort", args.cohort)] + [
             (f"--cohort {pid} {path.name}", path) for pid, vols, csv_path in found
             for path in (*vols.values(), csv_path)])
@@ -179,12 +172,17 @@ def run_train(args: argparse.Namespace) -> int:
     from KiMapLib.model.training import TrainingConfig, train
     from KiMapLib.progress import progress_bar
 
-    check_output_folder(args.out, "model bundle", [("--features", args.features),
-                                                   ("--features settings", settings_path(args.features))])
-    rows = read_table(args.features)
+    table_inputs = [] if args.db else [("--features", args.features),
+                                       ("--features settings", settings_path(args.features))]
+    check_output_folder(args.out, "model bundle", table_inputs)
+    if args.db:
+        from KiMapLib.app.cohort_command import training_rows
+
+        rows, settings = training_rows(args.db, args.settings)
+    else:
+        rows, settings = read_table(args.features), _table_settings(args.features)
     config = TrainingConfig(target=args.target, group=args.group, threshold_percent=args.threshold,
                             estimator=args.estimator, k_features=args.k_features, seed=args.seed)
-    settings = _table_settings(args.features)
     with progress_bar("train (leave-one-patient-out)") as progress:
         result = train(rows, config, settings=settings, model_id=args.model_id,
                        data_description=args.data_description, progress=progress)
@@ -202,6 +200,10 @@ def run_train(args: argparse.Namespace) -> int:
         from KiMapLib.model.bundle import register_packaged
 
         register_packaged(args.out)
+    if args.db:
+        from KiMapLib.app.cohort_command import register_trained_model
+
+        print(f"model recorded in the cohort database as model #{register_trained_model(args.db, args.out)}")
     cv = result.report["cv"]
     print(f"LOPO over {cv['folds']} patients: RMSE {cv['rmse']:.2f} %, R² {cv['r2']:.3f}, MSE {cv['mse']:.2f}, "
           f"AUC {cv['auc']:.3f}, Brier {cv['brier']:.3f}")

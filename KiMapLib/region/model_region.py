@@ -73,7 +73,7 @@ def _raw_on_t1c(case: Case, model: SegmentationModel, volumes: dict[str, sitk.Im
         raise KiMapError(f"the segmentation model {model.model_id} reads {', '.join(wanted)} as given (normalization "
                          "none), but only normalized images were passed", input_name="segmentation model",
                          hint="pass the volumes as read (volumes=...) to model_region")
-    aligned, _ = align_to_t1c({name: volumes[name] for name in {"t1c", *wanted}})
+    aligned, _, _ = align_to_t1c({name: volumes[name] for name in {"t1c", *wanted}})
     return {name: sitk.GetArrayFromImage(aligned[name]) for name in wanted}
 
 

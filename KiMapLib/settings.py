@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-SEQUENCES = ("t1c", "t2", "flair", "adc")
+#: Sequences KiMap reads: t1c (post-contrast T1, the reference grid), T2, FLAIR, ADC and t1 (pre-contrast T1).
+#: Every given sequence is kept for the tumour region and quality checks; a model uses those in its card.
+SEQUENCES = ("t1c", "t2", "flair", "adc", "t1")
 FEATURE_CLASSES = ("firstorder", "glcm", "glrlm", "glszm", "gldm", "ngtdm")
 
 

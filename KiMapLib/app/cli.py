@@ -1,4 +1,4 @@
-"""The ``kimap`` command line: phantom, extract, train, map, export, bench-maps, demo, web."""
+"""The ``kimap`` command line: phantom, extract, segment, train, map, export, bench-maps, demo, cohort, web."""
 
 from __future__ import annotations
 
@@ -8,11 +8,13 @@ import json
 import sys
 from pathlib import Path
 
+from KiMapLib.atomic import Terminated, install_termination_handler, restore_termination_handler
 from KiMapLib.errors import Cancelled, KiMapError
 
 #: Modules that add their own sub-command through ``add_parser(subparsers)`` (some are optional).
-SUBCOMMAND_MODULES = ("KiMapLib.app.phantom_command", "KiMapLib.app.commands", "KiMapLib.app.export_command",
-                      "KiMapLib.app.bench_maps", "KiMapLib.app.demo", "KiMapLib.app.web_command")
+SUBCOMMAND_MODULES = ("KiMapLib.app.phantom_command", "KiMapLib.app.commands", "KiMapLib.app.segment_command",
+                      "KiMapLib.app.export_command", "KiMapLib.app.bench_maps", "KiMapLib.app.demo",
+                      "KiMapLib.app.cohort_command", "KiMapLib.app.web_command")
 
 
 def print_json(data: object) -> None:
@@ -46,22 +48,36 @@ def build_parser() -> argparse.ArgumentParser:
                 continue  # an optional part that is not installed
             raise
         module.add_parser(subparsers)
-    for subparser in subparsers.choices.values():
-        subparser.formatter_class = HelpFormatter
+    _use_formatter(parser)
     return parser
+
+
+def _use_formatter(parser: argparse.ArgumentParser) -> None:
+    """:class:`HelpFormatter` for ``parser`` and every sub-command below it (``kimap cohort extract`` too)."""
+    parser.formatter_class = HelpFormatter
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for subparser in action.choices.values():
+                _use_formatter(subparser)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    previous = install_termination_handler()
     try:
         return int(args.func(args) or 0)
     except KiMapError as error:
         print(f"kimap {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except Terminated:
+        print(f"kimap {args.command}: terminated (SIGTERM); nothing was written", file=sys.stderr)
+        return 143
     except (Cancelled, KeyboardInterrupt):
         print(f"kimap {args.command}: cancelled; nothing was written", file=sys.stderr)
         return 130
+    finally:
+        restore_termination_handler(previous)
 
 
 def run() -> None:

@@ -163,7 +163,7 @@ def save_bundle(pipeline: object, card: dict, out_dir: str | Path, extra_files: 
     from KiMapLib.model.skops_import import import_skops_io
 
     sio = import_skops_io()
-    with atomic_directory(out_dir, CARD_FILE, "model bundle") as staging:
+    with atomic_directory(out_dir, "model bundle") as staging:
         sio.dump({"pipeline": pipeline, "input_features": list(card["input_features"])}, staging / MODEL_FILE)
         card = dict(card, model_file={"path": MODEL_FILE, "sha256": sha256_of(staging / MODEL_FILE),
                                       "format": "skops"})

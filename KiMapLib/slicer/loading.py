@@ -3,26 +3,26 @@ and the synthetic demo case. Every reader checks its input completely before the
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 import slicer
-import vtk
 
 from KiMapLib.errors import KiMapError
 from KiMapLib.slicer.display import ATTRIBUTE_TABLE
 from KiMapLib.slicer.nodes import update_node_from_image
+from KiMapLib.slicer.segments import fill_tumour_segments
 from KiMapLib.slicer.tables import fill_table
 
 #: Node attribute on a volume read from a DICOM series: the series folder (the reference of a DICOM export).
 ATTRIBUTE_DICOM_FOLDER = "KiMap.DicomFolder"
 #: Node attribute on a volume: the sequence it was loaded as (t1c, t2, flair, adc, t1), when known.
 ATTRIBUTE_SEQUENCE = "KiMap.Sequence"
-#: Tumour sub-regions (label value in the phantom and BraTS-like labels -> segment name, color).
-TUMOUR_SEGMENTS = {1: ("necrotic core", (0.95, 0.85, 0.25)), 2: ("enhancing", (0.9, 0.3, 0.3)),
-                   3: ("oedema", (0.35, 0.7, 0.95))}
+#: The phantom's labels (1 necrotic core, 2 enhancing rim, 3 oedema) -> KiMap's BraTS labels (1 necrotic core,
+#: 2 oedema / non-enhancing tumour, 3 enhancing tumour).
+PHANTOM_TO_BRATS = {0: 0, 1: 1, 2: 3, 3: 2}
 DISPLAY_NAMES = {"t1c": "T1C", "t2": "T2", "flair": "FLAIR", "adc": "ADC", "t1": "T1"}
 
 
@@ -65,41 +65,49 @@ def _stem(path: Path) -> str:
     return name
 
 
-def segmentation_from_labels(scene, labels: sitk.Image, reference_node, name: str = "tumour region",
-                             segment_names: Mapping[int, tuple[str, tuple[float, float, float]]] | None = None):
-    """A segmentation node with one named, colored segment per label value > 0 of ``labels``.
+def segmentation_from_labels(scene, labels: sitk.Image, reference_node, name: str = "tumour region"):
+    """A segmentation node from a label map on the reference volume's grid, one segment per label value > 0.
 
-    ``labels`` must already be on the reference volume's grid (see :func:`KiMapLib.inputs.images.check_region`).
-    Label values without a name in ``segment_names`` are called ``label N``.
+    Labels in BraTS convention (values within 1-4, more than one of them) become KiMap's three tumour segments
+    (:func:`KiMapLib.slicer.segments.fill_tumour_segments`: necrotic core, oedema / non-enhancing tumour, enhancing
+    tumour; BraTS 2021's 4 is enhancing); the necrotic core is then not mapped. A one-value mask becomes one segment
+    ``name``, other values ``label N`` — all of them mapped.
     """
-    names = dict(TUMOUR_SEGMENTS if segment_names is None else segment_names)
     array = sitk.GetArrayFromImage(labels)
     values = [int(v) for v in np.unique(array) if v > 0]
     if not values:
         raise KiMapError("the label volume is empty (no voxel > 0)", input_name=name, hint="give a non-empty label")
     segmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", scene.GenerateUniqueName(name))
-    segmentation.CreateDefaultDisplayNodes()
+    try:
+        if len(values) > 1 and set(values) <= {1, 2, 3, 4}:
+            brats = geometry_copy(np.where(array == 4, 3, array), labels)
+            fill_tumour_segments(segmentation, brats, reference_node)
+        else:
+            _plain_segments(segmentation, array, labels, reference_node, values, name)
+    except Exception:
+        scene.RemoveNode(segmentation)
+        raise
+    if segmentation.GetDisplayNode() is None:
+        segmentation.CreateDefaultDisplayNodes()
+    return segmentation
+
+
+def _plain_segments(segmentation, array, labels, reference_node, values, name) -> None:
+    scene = segmentation.GetScene()
     segmentation.SetReferenceImageGeometryParameterFromVolumeNode(reference_node)
     temporary = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "__kimap_labels__")
     try:
         for value in values:
-            segment_name, color = names.get(value, (f"label {value}", None))
             update_node_from_image(temporary, geometry_copy(array == value, labels), reference_node=reference_node)
-            before = set(_segment_ids(segmentation))
+            before = set(segmentation.GetSegmentation().GetSegmentIDs())
             if not slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(
                     temporary, segmentation, ""):
                 raise KiMapError(f"cannot import label {value} as a segment", input_name=name)
-            for segment_id in set(_segment_ids(segmentation)) - before:
-                segment = segmentation.GetSegmentation().GetSegment(segment_id)
-                segment.SetName(segment_name)
-                if color is not None:
-                    segment.SetColor(*color)
-    except Exception:
-        scene.RemoveNode(segmentation)
-        raise
+            for segment_id in set(segmentation.GetSegmentation().GetSegmentIDs()) - before:
+                segmentation.GetSegmentation().GetSegment(segment_id).SetName(
+                    name if len(values) == 1 else f"label {value}")
     finally:
         scene.RemoveNode(temporary)
-    return segmentation
 
 
 def geometry_copy(mask: np.ndarray, reference: sitk.Image) -> sitk.Image:
@@ -108,32 +116,17 @@ def geometry_copy(mask: np.ndarray, reference: sitk.Image) -> sitk.Image:
     return copy_geometry(mask.astype(np.uint8), reference)
 
 
-def _segment_ids(segmentation) -> list[str]:
-    ids = vtk.vtkStringArray()
-    segmentation.GetSegmentation().GetSegmentIDs(ids)
-    return [ids.GetValue(i) for i in range(ids.GetNumberOfValues())]
-
-
 def read_region_node(scene, path: str | Path, reference_node, name: str = "tumour region"):
-    """A label file (or DICOM folder) as an editable segmentation on the reference volume's grid."""
-    from KiMapLib.inputs.images import check_region, read_volume
+    """A label file (or DICOM folder) as an editable segmentation on the reference volume's grid; checked (whole
+    labels 0-255, not empty, overlapping the t1c) before the first node is added."""
+    from KiMapLib.inputs.images import read_volume
+    from KiMapLib.region.tumour_region import given_region
     from KiMapLib.slicer.nodes import image_from_node
 
-    labels = read_volume(path, name)
     reference = image_from_node(reference_node, "t1c")
-    check_region(labels, reference, name)  # refuses an empty label or one outside the t1c
-    if not _same_grid(labels, reference):
-        from KiMapLib.inputs.geometry import resample_onto
-
-        labels = resample_onto(labels, reference, interpolator=sitk.sitkNearestNeighbor)
-    labels = sitk.Cast(labels, sitk.sitkUInt8) if sitk.GetArrayViewFromImage(labels).max() < 256 else labels
-    return segmentation_from_labels(scene, labels, reference_node, _stem(Path(path)) or name)
-
-
-def _same_grid(a: sitk.Image, b: sitk.Image) -> bool:
-    from KiMapLib.inputs.geometry import same_grid
-
-    return same_grid(a, b)
+    region = given_region(read_volume(path, name), reference, name)  # on the t1c grid, labels kept
+    return segmentation_from_labels(scene, geometry_copy(region.labels, reference), reference_node,
+                                    _stem(Path(path)) or name)
 
 
 def markups_from_biopsies(scene, biopsies: Sequence, name: str = "Biopsies", markups_node=None):
@@ -167,7 +160,9 @@ def demo_case_nodes(scene, seed: int) -> dict[str, object]:
     for sequence, node in volumes.items():
         node.SetAttribute(ATTRIBUTE_SEQUENCE, sequence)
         node.SetAttribute("KiMap.Synthetic", "1")
-    region = segmentation_from_labels(scene, patient.label, volumes["t1c"], "tumour region (synthetic)")
+    phantom = sitk.GetArrayFromImage(patient.label)
+    brats = geometry_copy(np.vectorize(PHANTOM_TO_BRATS.get, otypes=[np.uint8])(phantom), patient.label)
+    region = segmentation_from_labels(scene, brats, volumes["t1c"], "tumour region (synthetic)")
     markups = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", scene.GenerateUniqueName("Biopsies"))
     markups.CreateDefaultDisplayNodes()
     covariates = {k: patient.covariates.get(k) for k in ("sex", "age", "tumor_type")}

@@ -153,9 +153,11 @@ def _region(app) -> None:
     html.Div("Mapped segments (uncheck to leave one out):", v_if=("km_segments.length",),
              classes="text-caption mt-1")
     with html.Div(classes="d-flex flex-wrap"):
-        v3.VCheckbox(v_for="seg in km_segments", key="seg.id", label=("seg.name",), model_value=("seg.visible",),
-                     color=("seg.color",), density="compact", hide_details=True, classes="mr-3",
-                     update_modelValue=(app.set_segment_mapped, "[seg.id, $event]"))
+        v3.VCheckbox(v_for="seg in km_segments.filter(s => !s.never_mapped)", key="seg.id", label=("seg.name",),
+                     model_value=("seg.visible",), color=("seg.color",), density="compact", hide_details=True,
+                     classes="mr-3", update_modelValue=(app.set_segment_mapped, "[seg.id, $event]"))
+    html.Div("The necrotic core is shown but never mapped.", v_if=("km_segments.some(s => s.never_mapped)",),
+             classes="text-caption")
 
 
 def _biopsies(app) -> None:

@@ -12,11 +12,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import vtk
 
 from KiMapLib.settings import SEQUENCES
 from KiMapLib.slicer import KiMapLogic
 from KiMapLib.slicer.display import ATTRIBUTE_MAP, ATTRIBUTE_PARTNER, ATTRIBUTE_TABLE
 from KiMapLib.slicer.loading import ATTRIBUTE_DICOM_FOLDER, ATTRIBUTE_SEQUENCE
+from KiMapLib.slicer.segments import LABEL_TAG
 from KiMapLib.slicer.tables import fill_table, table_values
 
 #: The sequences the page offers, in order; those not in :data:`KiMapLib.settings.SEQUENCES` are shown only.
@@ -112,7 +114,7 @@ class KiMapSession:
         return self.node(self.region_id)
 
     def segment_rows(self) -> list[dict[str, object]]:
-        """The region's segments: name, color, shown (= mapped), volume in ml."""
+        """The region's segments: name, color, shown (= mapped; KiMap's necrotic core never is)."""
         node = self.region()
         if node is None or not node.IsA("vtkMRMLSegmentationNode"):
             return []
@@ -123,7 +125,9 @@ class KiMapSession:
             segment_id = segmentation.GetNthSegmentID(index)
             segment = segmentation.GetSegment(segment_id)
             color = "#" + "".join(f"{round(255 * c):02x}" for c in segment.GetColor())
-            rows.append({"id": segment_id, "name": segment.GetName(), "color": color,
+            label = vtk.mutable("")
+            necrotic = bool(segment.GetTag(LABEL_TAG, label)) and str(label) == "1"
+            rows.append({"id": segment_id, "name": segment.GetName(), "color": color, "never_mapped": necrotic,
                          "visible": bool(display.GetSegmentVisibility(segment_id)) if display else True})
         return rows
 

@@ -9,26 +9,37 @@ import pytest
 
 from KiMapLib.app.cli import HelpFormatter, build_parser
 
-EXPECTED_COMMANDS = {"phantom", "extract", "train", "map", "export", "bench-maps", "demo", "web"}
+EXPECTED_COMMANDS = {"phantom", "extract", "segment", "train", "map", "export", "bench-maps", "demo", "cohort", "web"}
+
+
+def commands(parser: argparse.ArgumentParser | None = None, prefix: str = "") -> dict[str, argparse.ArgumentParser]:
+    """Every (sub-)command by its full name: ``map``, ``cohort extract``, ..."""
+    parser = parser or build_parser()
+    found = {}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, subparser in action.choices.items():
+                found[f"{prefix}{name}"] = subparser
+                found.update(commands(subparser, f"{prefix}{name} "))
+    return found
 
 
 def subcommands() -> dict[str, argparse.ArgumentParser]:
-    parser = build_parser()
-    (action,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
-    return dict(action.choices)
+    return {name: parser for name, parser in commands().items() if " " not in name}
 
 
 def options(parser: argparse.ArgumentParser) -> list[argparse.Action]:
-    return [a for a in parser._actions if not isinstance(a, argparse._HelpAction)]
+    return [a for a in parser._actions if not isinstance(a, (argparse._HelpAction, argparse._SubParsersAction))]
 
 
 def test_every_subcommand_is_there():
     assert set(subcommands()) == EXPECTED_COMMANDS
+    assert {"cohort import", "cohort extract", "cohort map", "cohort status", "cohort table"} <= set(commands())
 
 
-@pytest.mark.parametrize("name", sorted(EXPECTED_COMMANDS))
+@pytest.mark.parametrize("name", sorted(commands()))
 def test_every_option_has_help_that_shows_its_default(name):
-    parser = subcommands()[name]
+    parser = commands()[name]
     assert parser.formatter_class is HelpFormatter
     formatter = parser._get_formatter()
     missing = []
@@ -52,8 +63,8 @@ def test_rendered_help_shows_defaults_and_flags():
 
 
 def test_help_of_every_subcommand_renders(capsys):
-    for name in EXPECTED_COMMANDS:
+    for name in commands():
         with pytest.raises(SystemExit) as stop:
-            build_parser().parse_args([name, "--help"])
+            build_parser().parse_args([*name.split(), "--help"])
         assert stop.value.code == 0
         assert "usage: kimap " + name in capsys.readouterr().out

@@ -30,6 +30,7 @@ from KiMapLib.inputs.geometry import copy_geometry, ijk_to_ras_matrix, image_fro
 from KiMapLib.slicer import KiMapLogic  # noqa: E402
 from KiMapLib.slicer.nodes import region_image  # noqa: E402
 from KiMapLib.slicer.scene_io import setup_headless_scene  # noqa: E402
+from KiMapLib.slicer.segments import SEGMENT_NAMES, tumour_labels  # noqa: E402
 from KiMapLib.slicer.tables import table_values  # noqa: E402
 
 
@@ -70,23 +71,36 @@ def test_load_volume_refuses_a_missing_file_and_adds_nothing(scene, tmp_path):
     assert scene_state(scene) == before
 
 
-def test_load_region_gives_named_segments_equal_to_the_labels(tmp_path):
+def test_load_region_gives_kimaps_tumour_segments_for_brats_labels(tmp_path):
     case = make_case_scene()
     t1c = case.volumes["t1c"]
+    _, j, i = np.indices(case.tumor.shape)
     labels = np.zeros(case.tumor.shape, np.uint8)
-    labels[case.tumor] = 3
-    core = case.tumor & (np.indices(case.tumor.shape)[2] < 20)
-    labels[core] = 2
-    labels[core & (np.indices(case.tumor.shape)[1] < 20)] = 1
+    labels[case.tumor] = 2  # BraTS: 1 necrotic core, 2 oedema / non-enhancing, 3 enhancing
+    labels[case.tumor & (i < 20)] = 3
+    labels[case.tumor & (i < 20) & (j < 20)] = 1
     reference = image_from_array(np.zeros(case.tumor.shape, np.float32), case.ijk_to_ras)
     path = tmp_path / "tumor_label.nrrd"
     sitk.WriteImage(copy_geometry(labels, reference), str(path))
     segmentation = KiMapLogic(case.scene).loadRegion(path, t1c)
-    names = [segmentation.GetSegmentation().GetNthSegment(i).GetName() for i in range(3)]
-    assert names == ["necrotic core", "enhancing", "oedema"]
-    assert np.array_equal(sitk.GetArrayFromImage(region_image(segmentation, t1c)) > 0, labels > 0)
-    segmentation.GetDisplayNode().SetSegmentVisibility(segmentation.GetSegmentation().GetNthSegmentID(2), False)
-    assert np.array_equal(sitk.GetArrayFromImage(region_image(segmentation, t1c)) > 0, (labels == 1) | (labels == 2))
+    names = [segmentation.GetSegmentation().GetNthSegment(n).GetName() for n in range(3)]
+    assert names == list(SEGMENT_NAMES.values())
+    assert np.array_equal(sitk.GetArrayFromImage(tumour_labels(segmentation, t1c)), labels)
+    oedema = segmentation.GetSegmentation().GetNthSegmentID(1)
+    segmentation.GetDisplayNode().SetSegmentVisibility(oedema, False)
+    assert np.array_equal(sitk.GetArrayFromImage(tumour_labels(segmentation, t1c)), np.where(labels == 2, 0, labels))
+
+
+def test_load_region_keeps_a_plain_mask_as_one_mapped_segment(tmp_path):
+    case = make_case_scene()
+    t1c = case.volumes["t1c"]
+    path = tmp_path / "my_tumour.nii.gz"
+    sitk.WriteImage(image_from_array(case.tumor.astype(np.uint8) * 7, case.ijk_to_ras), str(path))
+    segmentation = KiMapLogic(case.scene).loadRegion(path, t1c)
+    assert segmentation.GetSegmentation().GetNumberOfSegments() == 1
+    assert segmentation.GetSegmentation().GetNthSegment(0).GetName() == "my_tumour"
+    assert tumour_labels(segmentation, t1c) is None  # not KiMap's tumour segments: all of it is mapped
+    assert np.array_equal(sitk.GetArrayFromImage(region_image(segmentation, t1c)) > 0, case.tumor)
 
 
 def test_load_region_refuses_empty_or_distant_labels_and_adds_nothing(tmp_path):
@@ -133,11 +147,12 @@ def test_demo_case_is_the_kimap_demo_patient(scene, tmp_path):
         node = case["volumes"][sequence]
         assert np.array_equal(slicer.util.arrayFromVolume(node), sitk.GetArrayFromImage(written))
         np.testing.assert_allclose(node_ijk_to_ras(node), ijk_to_ras_matrix(written), atol=1e-9)
-    labels = sitk.GetArrayFromImage(demo_patient().label)
+    phantom = sitk.GetArrayFromImage(demo_patient().label)  # 1 necrotic, 2 enhancing rim, 3 oedema
+    brats = np.choose(phantom, [0, 1, 3, 2])  # KiMap's (BraTS) labels: 1 necrotic, 2 oedema, 3 enhancing
     region = case["region"]
-    names = {region.GetSegmentation().GetNthSegment(i).GetName() for i in range(3)}
-    assert names == {"necrotic core", "enhancing", "oedema"}
-    assert np.array_equal(sitk.GetArrayFromImage(region_image(region, case["volumes"]["t1c"])) > 0, labels > 0)
+    names = [region.GetSegmentation().GetNthSegment(i).GetName() for i in range(3)]
+    assert names == list(SEGMENT_NAMES.values())
+    assert np.array_equal(sitk.GetArrayFromImage(tumour_labels(region, case["volumes"]["t1c"])), brats)
     assert case["biopsies"].GetNumberOfControlPoints() == 0
     assert case["covariates"]["age"] == records[0]["covariates"]["age"]
     assert "SYNTHETIC" in case["notice"]

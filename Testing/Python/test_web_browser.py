@@ -117,7 +117,8 @@ async def test_web_workflow_demo_point_predict_map_export(tmp_path):
     from KiMapLib.inputs.geometry import nearest_voxel
     from KiMapLib.phantom import demo_patient
     from KiMapLib.progress import report
-    from KiMapLib.slicer.nodes import image_from_node, region_image
+    from KiMapLib.slicer.nodes import image_from_node
+    from KiMapLib.slicer.segments import SEGMENT_NAMES, tumour_labels
     from KiMapLib.slicer.tables import table_values
     from KiMapLib.web import server as web_server
     from KiMapLib.web.app import KiMapWebApp
@@ -147,7 +148,7 @@ async def test_web_workflow_demo_point_predict_map_export(tmp_path):
             t1c = volumes["t1c"]
             region = app.session.region()
             segments = {row["name"]: row["id"] for row in app.session.segment_rows()}
-            assert sorted(segments) == ["enhancing", "necrotic core", "oedema"]
+            assert list(segments) == list(SEGMENT_NAMES.values())
             assert app.session.markups().GetNumberOfControlPoints() == 0
             await _until(lambda: page.get_by_text("T1C (synthetic)").first.is_visible(), "the volume table")
 
@@ -178,14 +179,16 @@ async def test_web_workflow_demo_point_predict_map_export(tmp_path):
             await _until(lambda: abs(display.GetWindow() - window) < 0.1 * window, "window/level drag back")
 
             # -- leave the oedema out: only the visible segments are mapped ---------------------------------------
-            await page.get_by_label("oedema").uncheck()
-            await _until(lambda: not region.GetDisplayNode().GetSegmentVisibility(segments["oedema"]),
+            oedema = SEGMENT_NAMES[2]
+            await page.get_by_label(oedema).uncheck()
+            await _until(lambda: not region.GetDisplayNode().GetSegmentVisibility(segments[oedema]),
                          "the oedema segment to be left out")
 
             # -- place a point by clicking on an enhancing voxel of the red slice ------------------------------------
             labels = sitk.GetArrayFromImage(demo_patient().label)  # the phantom's truth: 1 necrotic, 2 enhancing
-            mask = sitk.GetArrayFromImage(region_image(region, t1c))  # the mapped (visible) segments
-            assert np.array_equal(mask > 0, (labels == 1) | (labels == 2))
+            shown = sitk.GetArrayFromImage(tumour_labels(region, t1c))  # the visible segments, KiMap's labels
+            assert np.array_equal(shown > 0, (labels == 1) | (labels == 2))
+            mask = labels == 2  # what is mapped: the enhancing tumour (the necrotic core never is)
             ijk_to_ras = _matrix(t1c)
             kji = np.argwhere(ndimage.binary_erosion(labels == 2, iterations=1))
             ras = (np.c_[kji[:, ::-1], np.ones(len(kji))] @ ijk_to_ras.T)[:, :3]
@@ -256,7 +259,7 @@ async def test_web_workflow_demo_point_predict_map_export(tmp_path):
             assert ki67.GetImageData().GetDimensions() == t1c.GetImageData().GetDimensions()
             assert np.array_equal(_matrix(ki67), ijk_to_ras)
             values = slicer.util.arrayFromVolume(ki67)
-            inside = mask > 0
+            inside = mask
             assert np.isfinite(values[inside]).all() and not np.isfinite(values[~inside]).any()
             assert np.nanmin(values) >= 0.0 and np.nanmax(values) <= 100.0
             assert ki67.GetDisplayNode().GetColorNode().GetName() == "KiMapKi67"

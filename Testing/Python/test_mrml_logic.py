@@ -467,3 +467,17 @@ def test_export_map_dicom_planning_from_the_scene(case_scene, probe, tmp_path):
         logic.exportMap(ki67_node, tmp_path / "export2", formats=("nrrd", "dicom"),
                         referenceDicomDirectory=tmp_path / "other_dicom")
     assert not (tmp_path / "export2").exists()
+
+
+def test_load_map_refuses_a_summary_with_a_non_numeric_threshold(case_scene, probe, tmp_path):
+    logic = KiMapLogic()
+    ki67_node, _ = logic.computeMap(volumes_of(case_scene), case_scene.label, probe)
+    folder = logic.exportMap(ki67_node, tmp_path, formats=("nrrd",))
+    loaded, _ = logic.loadMap(folder, case_scene.volumes["t1c"])
+    summary = json.loads((folder / "summary.json").read_text())
+    assert json.loads(loaded.GetAttribute("KiMap.Summary"))["model_id"] == summary["model_id"]
+    summary["threshold_percent"] = "twenty"
+    (folder / "summary.json").write_text(json.dumps(summary))
+    with pytest.raises(KiMapError, match=r"^map folder: summary.json field threshold_percent is 'twenty', not a "
+                                         r"number between 0 and 100"):
+        logic.loadMap(folder, case_scene.volumes["t1c"])

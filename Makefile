@@ -29,8 +29,8 @@ lint: $(STAMP)
 # Rebuild the packaged model from its synthetic training cohort (reproducible: fixed seeds).
 model: $(STAMP)
 	$(PY) -m KiMapLib phantom --out $(OUT)/training-cohort --patients 30 --seed 2026
-	$(PY) -m KiMapLib extract --cohort $(OUT)/training-cohort --out $(OUT)/training-cohort/features.csv
-	$(PY) -m KiMapLib train --features $(OUT)/training-cohort/features.csv --out Resources/Models/kimap-ki67-synthetic-v1 \
+	$(PY) -m KiMapLib extract --cohort $(OUT)/training-cohort --out $(OUT)/training-features.csv
+	$(PY) -m KiMapLib train --features $(OUT)/training-features.csv --out Resources/Models/kimap-ki67-synthetic-v1 \
 	  --model-id kimap-ki67-synthetic-v1 --seed 0 --register \
 	  --data-description "synthetic phantom cohort: kimap phantom --patients 30 --seed 2026"
 

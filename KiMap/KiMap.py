@@ -36,7 +36,8 @@ from KiMapLib.slicer import (  # the MRML adapter: the only part of KiMapLib thi
 )
 from KiMapLib.slicer import KiMapLogic as KiMapMRMLLogic
 
-SEQUENCE_PARAMETERS = {"t1c": "t1cVolume", "t2": "t2Volume", "flair": "flairVolume", "adc": "adcVolume"}
+SEQUENCE_PARAMETERS = {"t1c": "t1cVolume", "t2": "t2Volume", "flair": "flairVolume", "adc": "adcVolume",
+                       "t1": "t1Volume"}
 
 
 class KiMap(ScriptedLoadableModule):
@@ -47,7 +48,7 @@ class KiMap(ScriptedLoadableModule):
         self.parent.dependencies = []
         self.parent.contributors = ["KiMap contributors"]
         self.parent.helpText = (
-            "Estimate ki67 maps of glioblastoma from coregistered t1c, T2, FLAIR and ADC volumes: radiomics around "
+            "Estimate ki67 maps of glioblastoma from coregistered t1c, T2, FLAIR, ADC and t1 volumes: radiomics around "
             "image-localized biopsy points and a packaged scikit-learn model. Predict ki67 at clicked biopsy points, "
             "compute the map over the tumor region, show it over the slices and export it. "
             "Research use only: not a medical device; no clinical validity is claimed. "
@@ -68,6 +69,7 @@ class KiMapParameterNode:
     t2Volume: slicer.vtkMRMLScalarVolumeNode
     flairVolume: slicer.vtkMRMLScalarVolumeNode
     adcVolume: slicer.vtkMRMLScalarVolumeNode
+    t1Volume: slicer.vtkMRMLScalarVolumeNode
     regionNode: Union[slicer.vtkMRMLSegmentationNode, slicer.vtkMRMLLabelMapVolumeNode]  # noqa: UP007
     biopsyMarkups: slicer.vtkMRMLMarkupsFiducialNode
     biopsyTable: slicer.vtkMRMLTableNode
@@ -109,6 +111,7 @@ class KiMapWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.loadModelButton.connect("clicked(bool)", self.onLoadModel)
         self.ui.packagedModelButton.connect("clicked(bool)", self.onPackagedModel)
         self.ui.installDependenciesButton.connect("clicked(bool)", self.onInstallDependencies)
+        self.ui.proposeRegionButton.connect("clicked(bool)", self.onProposeRegion)
         self.ui.predictButton.connect("clicked(bool)", self.onPredict)
         self.ui.computeMapButton.connect("clicked(bool)", self.onComputeMap)
         self.ui.cancelButton.connect("clicked(bool)", self.onCancel)
@@ -158,6 +161,7 @@ class KiMapWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         ready = bool(parameters and parameters.t1cVolume and not missing_dependencies() and not self._busy)
         self.ui.predictButton.enabled = ready and bool(parameters.biopsyMarkups)
         self.ui.computeMapButton.enabled = ready
+        self.ui.proposeRegionButton.enabled = ready
         self.ui.exportButton.enabled = bool(parameters and parameters.ki67Map) and not self._busy
         self.ui.biopsyPlaceWidget.setCurrentNode(parameters.biopsyMarkups if parameters else None)
         if parameters and parameters.ki67Map and parameters.ki67Map.GetAttribute("KiMap.Map") == "ki67":
@@ -253,6 +257,17 @@ class KiMapWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.cancelButton.enabled = False
             self.ui.progressBar.setVisible(False)
             self.onParameterNodeModified()
+
+    def onProposeRegion(self):
+        parameters = self._parameterNode
+        segmentation = parameters.regionNode if parameters.regionNode and parameters.regionNode.IsA(
+            "vtkMRMLSegmentationNode") else None
+        node = self.runWithProgress("Tumour region", lambda: self.logic.proposeTumorRegion(
+            self.volumeNodes(), segmentation, progress=self.progress))
+        if node is not None:
+            parameters.regionNode = node
+            self.ui.statusLabel.text = ("Tumour region proposed: check and edit it in the Segment Editor "
+                                        "(the map covers all but the necrotic core).")
 
     def onPredict(self):
         parameters = self._parameterNode

@@ -23,6 +23,14 @@ class BiopsyError(KiMapError):
     """One biopsy point that cannot be extracted (outside the image, too few foreground voxels)."""
 
 
+class FieldOfViewError(BiopsyError):
+    """A point whose ball leaves the field of view of one sequence: that sequence's features are missing there."""
+
+    def __init__(self, message: str, *, sequence: str, input_name: str | None = None, hint: str | None = None):
+        self.sequence = sequence
+        super().__init__(message, input_name=input_name, hint=hint)
+
+
 class ModelError(KiMapError):
     """A model bundle that is missing, tampered with, or needs inputs that were not given."""
 

@@ -19,3 +19,19 @@ def models_dir() -> Path:
 def color_table_path() -> Path:
     """KiMap's ki67 color table (a perceptual map) in Slicer's color-table text format."""
     return resources_dir() / "ColorTables" / "KiMapKi67.txt"
+
+
+#: The display window of every ki67 picture and view (overlay.png, the Slicer and web views, the legends): 0-100 %.
+KI67_WINDOW = (0.0, 100.0)
+#: The display window of P(ki67 >= threshold).
+PROBABILITY_WINDOW = (0.0, 1.0)
+
+
+def color_table_rgba() -> list[tuple[float, float, float, float]]:
+    """The entries of KiMap's ki67 color table as RGBA in 0-1 (Slicer's text format: index name r g b a)."""
+    entries = []
+    for line in color_table_path().read_text().splitlines():
+        fields = line.split()
+        if fields and not line.lstrip().startswith("#") and len(fields) >= 6:
+            entries.append(tuple(int(value) / 255.0 for value in fields[2:6]))
+    return entries

@@ -6,7 +6,9 @@ from dataclasses import asdict, dataclass, field
 
 from KiMapLib.errors import KiMapError
 
-SEQUENCES = ("t1c", "t2", "flair", "adc")
+#: Sequences KiMap reads: t1c (post-contrast T1, the reference grid), T2, FLAIR, ADC and t1 (pre-contrast T1).
+#: Every given sequence is kept for the tumour region and quality checks; a model uses those in its card.
+SEQUENCES = ("t1c", "t2", "flair", "adc", "t1")
 FEATURE_CLASSES = ("firstorder", "glcm", "glrlm", "glszm", "gldm", "ngtdm")
 
 #: Allowed range (low, high) of each number; ``min_ball_fraction`` excludes its low end. The model card schema

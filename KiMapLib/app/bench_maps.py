@@ -14,7 +14,6 @@ import logging
 import resource
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
@@ -194,6 +193,11 @@ def benchmark(image: sitk.Image, mask: sitk.Image, kernel_radius: int = 2, bin_w
 
 
 def run(args) -> int:
+    from KiMapLib.atomic import write_text_file
+    from KiMapLib.outputs import check_output_files
+
+    if args.json:
+        check_output_files([args.json], [("--image", args.image), ("--mask", args.mask)], option="--json")
     image, mask = _load(args)
     result = benchmark(image, mask, args.kernel_radius, args.bin_width, args.reference_voxels, args.repeats)
     result.update({"image": str(args.image), "mask": str(args.mask)})
@@ -212,7 +216,7 @@ def run(args) -> int:
     print(f"agreement: {'yes' if result['agree'] else 'NO: ' + ', '.join(result['mismatching_features'])}; "
           f"engine peak memory {result['engine_peak_memory_mb']:.0f} MB")
     if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2))
+        write_text_file(args.json, json.dumps(result, indent=2), option="--json")
     return 0 if result["agree"] else 1
 
 

@@ -8,10 +8,12 @@ import json
 import sys
 from pathlib import Path
 
+from KiMapLib.atomic import Terminated, install_termination_handler, restore_termination_handler
 from KiMapLib.errors import Cancelled, KiMapError
 
 #: Modules that add their own sub-command through ``add_parser(subparsers)`` (some are optional).
-SUBCOMMAND_MODULES = ("KiMapLib.app.phantom_command", "KiMapLib.app.commands", "KiMapLib.app.export_command",
+SUBCOMMAND_MODULES = ("KiMapLib.app.phantom_command", "KiMapLib.app.commands", "KiMapLib.app.segment_command",
+                      "KiMapLib.app.export_command",
                       "KiMapLib.app.bench_maps", "KiMapLib.app.demo")
 
 
@@ -37,14 +39,20 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    previous = install_termination_handler()
     try:
         return int(args.func(args) or 0)
     except KiMapError as error:
         print(f"kimap {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except Terminated:
+        print(f"kimap {args.command}: terminated (SIGTERM); nothing was written", file=sys.stderr)
+        return 143
     except (Cancelled, KeyboardInterrupt):
         print(f"kimap {args.command}: cancelled; nothing was written", file=sys.stderr)
         return 130
+    finally:
+        restore_termination_handler(previous)
 
 
 def run() -> None:

@@ -10,11 +10,14 @@ import tempfile
 import threading
 from pathlib import Path
 
-from KiMapLib.errors import KiMapError
-from KiMapLib.features.table import read_table, write_table
-from KiMapLib.inputs.biopsies import Biopsy, read_biopsies
+from KiMapLib.atomic import atomic_files
+from KiMapLib.errors import FieldOfViewError, KiMapError
+from KiMapLib.features.table import read_table, write_table_file
+from KiMapLib.inputs.biopsies import AGE_RANGE, Biopsy, read_biopsies
 from KiMapLib.inputs.case import prepare_case
-from KiMapLib.inputs.images import parse_volume_args, read_volume, read_volumes
+from KiMapLib.inputs.geometry import check_ball_grid
+from KiMapLib.inputs.images import inspect_volume, parse_volume_args, read_volume, read_volumes
+from KiMapLib.outputs import check_output_files, check_output_folder
 from KiMapLib.settings import SEQUENCES, ExtractionSettings
 
 
@@ -29,12 +32,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     extract.add_argument("--patient-id", help="patient id for a .mrk.json or a CSV without patient_id")
     extract.add_argument("--radius", type=float, default=ExtractionSettings.ball_radius_mm, help="ball radius, mm")
     extract.add_argument("--bin-width", type=float, default=ExtractionSettings.bin_width)
-    extract.add_argument("--out", type=Path, required=True, help="cohort table CSV to write")
+    extract.add_argument("--out", type=Path, required=True,
+                         help="cohort table CSV to write (replaced if it exists, never if it is an input), with "
+                              "its settings beside it in <name>.settings.json")
     extract.set_defaults(func=run_extract)
 
     train = subparsers.add_parser("train", help="train + leave-one-patient-out validation -> model bundle")
     train.add_argument("--features", type=Path, required=True, help="cohort table from `kimap extract`")
-    train.add_argument("--out", type=Path, required=True, help="model bundle folder to write")
+    train.add_argument("--out", type=Path, required=True,
+                       help="model bundle folder to write (new, empty or an earlier KiMap model bundle)")
     train.add_argument("--target", default="ki67")
     train.add_argument("--group", default="patient_id", help="column that identifies the patient")
     train.add_argument("--threshold", type=float, default=20.0, help="ki67 %% for P(ki67 >= threshold)")
@@ -49,20 +55,52 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
     mapper = subparsers.add_parser("map", help="whole-tumor ki67 and probability maps")
     mapper.add_argument("--volume", action="append", required=True, metavar="NAME=PATH")
-    mapper.add_argument("--region", type=Path, help="tumor label volume (voxels > 0 are mapped); default: "
-                        "automatic FLAIR/T2 hyperintensity region")
+    mapper.add_argument("--region", type=Path, help="tumour label volume (voxels > 0 are mapped, except "
+                        "--exclude-label); default: the automatic tumour segmentation from every given sequence "
+                        "(necrotic core excluded), refused when it is not plausible")
+    mapper.add_argument("--exclude-label", type=int, action="append", default=[], metavar="LABEL",
+                        help="a label of --region not to map, repeatable (e.g. 1 for a BraTS necrotic core; "
+                        "default: none)")
+    mapper.add_argument("--allow-t1c-only-region", action="store_true",
+                        help="accept the automatic region from t1c alone (bright t1c is also vessels, sinuses and "
+                        "choroid plexus: look at region_qc.png); default: refused, give FLAIR/T2 or --region")
     mapper.add_argument("--model", type=Path, help="model bundle folder (default: the packaged model)")
     mapper.add_argument("--biopsies", type=Path, help="optional biopsy points to mark on the overlay")
-    mapper.add_argument("--age", type=float)
+    mapper.add_argument("--age", type=_age, help="years (0-120)")
     mapper.add_argument("--sex", choices=("F", "M"))
     mapper.add_argument("--tumor-type", choices=("primary", "recurrent"))
     mapper.add_argument("--formats", default="nrrd", help="comma-separated: nrrd,nifti")
-    mapper.add_argument("--out", type=Path, required=True, help="output folder")
+    mapper.add_argument("--out", type=Path, required=True, help="output folder (new, empty or an earlier KiMap map)")
     mapper.set_defaults(func=run_map)
 
 
+def _age(text: str) -> float:
+    try:
+        age = float(text)
+    except ValueError:
+        age = float("nan")
+    if not AGE_RANGE[0] <= age <= AGE_RANGE[1]:
+        raise argparse.ArgumentTypeError(f"'{text}' is not an age from {AGE_RANGE[0]:g} to {AGE_RANGE[1]:g} years")
+    return age
+
+
+def _check_volumes(volumes: dict[str, Path], settings: ExtractionSettings, patient: str) -> None:
+    """From the headers alone, before any work: every volume readable and within the memory budget, and the
+    t1c grid fine enough (and not too fine) for the ball."""
+    if "t1c" not in volumes:
+        raise KiMapError(f"no t1c volume for patient {patient}", input_name="t1c",
+                         hint="every model and map is defined on the t1c grid")
+    for name, path in volumes.items():
+        _, spacing = inspect_volume(path, name)
+        if name == "t1c":
+            check_ball_grid(spacing, settings.ball_radius_mm, f"t1c of {patient}")
+
+
 def _settings(args: argparse.Namespace) -> ExtractionSettings:
-    return ExtractionSettings(ball_radius_mm=args.radius, bin_width=args.bin_width)
+    """The extraction settings of the command line, within the model card's bounds (checked before any work)."""
+    settings = ExtractionSettings(ball_radius_mm=args.radius, bin_width=args.bin_width)
+    settings.check("--radius/--bin-width")
+    return settings
 
 
 def _cohort_patients(folder: Path) -> list[tuple[str, dict[str, Path], Path]]:
@@ -87,17 +125,32 @@ def extract_patient(volumes: dict[str, Path], biopsies: list[Biopsy], settings: 
     return extract_biopsies(case, biopsies, progress)
 
 
+def settings_path(table: Path) -> Path:
+    """The extraction settings recorded beside a cohort table: ``<table>.settings.json``."""
+    return table.with_suffix(".settings.json")
+
+
 def run_extract(args: argparse.Namespace) -> int:
     from KiMapLib.progress import progress_bar
 
     settings = _settings(args)
+    outputs = [args.out, settings_path(args.out)]
     if args.cohort:
-        patients = [(pid, vols, read_biopsies(csv_path, pid)) for pid, vols, csv_path in _cohort_patients(args.cohort)]
+        found = _cohort_patients(args.cohort)
+        check_output_files(outputs, [("--cohort", args.cohort)] + [
+            (f"--cohort {pid} {path.name}", path) for pid, vols, csv_path in found
+            for path in (*vols.values(), csv_path)])
+        patients = [(pid, vols, read_biopsies(csv_path, pid)) for pid, vols, csv_path in found]
     else:
         if not args.biopsies:
             raise KiMapError("--biopsies is required with --volume", input_name="--biopsies")
+        volumes = parse_volume_args(args.volume)
+        check_output_files(outputs, [("--biopsies", args.biopsies),
+                                     *((f"--volume {name}", path) for name, path in volumes.items())])
         biopsies = read_biopsies(args.biopsies, args.patient_id)
-        patients = [(args.patient_id or "patient", parse_volume_args(args.volume), biopsies)]
+        patients = [(args.patient_id or "patient", volumes, biopsies)]
+    for pid, volumes, _ in patients:  # every input checked before the first patient is extracted
+        _check_volumes(volumes, settings, pid)
     rows: list[dict] = []
     errors: list[KiMapError] = []
     for pid, volumes, biopsies in patients:
@@ -109,10 +162,14 @@ def run_extract(args: argparse.Namespace) -> int:
         print(f"kimap extract: error: {error}", file=sys.stderr)
     if not rows:
         raise KiMapError("no biopsy could be extracted; nothing written", input_name="--biopsies")
-    write_table(rows, args.out)
-    args.out.with_suffix(".settings.json").write_text(json.dumps(settings.to_dict(), indent=2) + "\n")
+    with atomic_files(outputs) as (table, sidecar):  # both or neither
+        write_table_file(rows, table)
+        sidecar.write_text(json.dumps(settings.to_dict(), indent=2) + "\n")
+    partial = sum(isinstance(error, FieldOfViewError) for error in errors)  # rows kept, one sequence empty
+    problems = [f"{len(errors) - partial} biopsies failed"] if len(errors) > partial else []
+    problems += [f"{partial} sequence(s) outside a field of view left empty"] if partial else []
     print(f"{len(rows)} biopsies x {sum('_original_' in k for k in rows[0])} features -> {args.out}"
-          + (f" ({len(errors)} biopsies failed, listed above)" if errors else ""))
+          + (f" ({', '.join(problems)}; listed above)" if errors else ""))
     return 1 if errors else 0
 
 
@@ -122,6 +179,8 @@ def run_train(args: argparse.Namespace) -> int:
     from KiMapLib.model.training import TrainingConfig, train
     from KiMapLib.progress import progress_bar
 
+    check_output_folder(args.out, "model bundle", [("--features", args.features),
+                                                   ("--features settings", settings_path(args.features))])
     rows = read_table(args.features)
     config = TrainingConfig(target=args.target, group=args.group, threshold_percent=args.threshold,
                             estimator=args.estimator, k_features=args.k_features, seed=args.seed)
@@ -152,7 +211,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 def _table_settings(path: Path) -> ExtractionSettings:
     """Extraction settings recorded beside a table (``<table>.settings.json``), else the defaults."""
-    sidecar = path.with_suffix(".settings.json")
+    sidecar = settings_path(path)
     return ExtractionSettings.from_dict(json.loads(sidecar.read_text())) if sidecar.exists() else ExtractionSettings()
 
 
@@ -169,7 +228,7 @@ def _preload(kernels_loaded: threading.Event) -> None:
     finally:
         kernels_loaded.set()  # whatever happened: the model's reader must not wait forever
     with contextlib.suppress(Exception):
-        from KiMapLib.model.plots import pyplot
+        from KiMapLib.plotting import pyplot
 
         pyplot()
 
@@ -178,31 +237,37 @@ def run_map(args: argparse.Namespace) -> int:
     from KiMapLib.app.cli import print_json
     from KiMapLib.features.extraction import biopsy_voxel
     from KiMapLib.maps.mapping import compute_map, write_map
-    from KiMapLib.model.bundle import load_model
+    from KiMapLib.model.bundle import load_model, packaged_model_dir
     from KiMapLib.progress import progress_bar
 
+    volume_paths = parse_volume_args(args.volume)
+    check_output_folder(args.out, "map", [("--model", args.model or packaged_model_dir()), ("--region", args.region),
+                                          ("--biopsies", args.biopsies),
+                                          *((f"--volume {name}", path) for name, path in volume_paths.items())])
     # the compiled feature kernels, skops (reading the model) and matplotlib (the overlay) take about a second each
     # to load: they load in the background, kernels first, while the volumes are read and the features computed;
     # the model file is verified before anything runs
     kernels_loaded = threading.Event()
     threading.Thread(target=_preload, args=(kernels_loaded,), name="kimap-preload", daemon=True).start()
     model = load_model(args.model, background=True, start_after=kernels_loaded)
-    volumes = read_volumes(parse_volume_args(args.volume))
+    biopsies = read_biopsies(args.biopsies) if args.biopsies else []  # every input is checked before the map
+    volumes = read_volumes(volume_paths)
     case = prepare_case(volumes, model.settings, required=model.required_sequences)
     region = read_volume(args.region, "region") if args.region else None
     covariates = {"age": args.age, "sex": args.sex, "tumor_type": args.tumor_type}
+    points, labels = [], []
+    for biopsy in biopsies:
+        try:
+            points.append(biopsy_voxel(case, biopsy))
+            labels.append(str(biopsy.biopsy_id))
+        except KiMapError as error:
+            print(f"note: {error}", file=sys.stderr)
     with progress_bar("ki67 map") as progress:
-        result = compute_map(case, model, region, {k: v for k, v in covariates.items() if v is not None}, progress)
-    points = []
-    if args.biopsies:
-        for biopsy in read_biopsies(args.biopsies):
-            try:
-                points.append(biopsy_voxel(case, biopsy))
-            except KiMapError as error:
-                print(f"note: {error}", file=sys.stderr)
+        result = compute_map(case, model, region, {k: v for k, v in covariates.items() if v is not None}, progress,
+                             allow_t1c_only=args.allow_t1c_only_region, exclude_labels=tuple(args.exclude_label))
     formats = tuple(f.strip() for f in args.formats.split(",") if f.strip())
-    write_map(result, args.out, formats, points_ijk=points)
+    write_map(result, args.out, formats, points_ijk=points, point_labels=labels)
     print_json({k: result.summary[k] for k in ("model_id", "region", "region_voxels", "mapped_voxels", "method",
                                                "timings_s")})
-    print(f"ki67_map, ki67_probability, overlay.png, summary.json -> {args.out}")
+    print(f"ki67_map, ki67_probability, region, tumour_labels, overlay.png, summary.json -> {args.out}")
     return 0

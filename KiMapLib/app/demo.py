@@ -16,7 +16,8 @@ DEMO_SEED = 777
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("demo", help="run the whole chain on a synthetic case (SYNTHETIC data)")
-    parser.add_argument("--out", type=Path, default=Path("out/demo"))
+    parser.add_argument("--out", type=Path, default=Path("out/demo"),
+                        help="output folder (new, empty or an earlier KiMap demo)")
     parser.add_argument("--seed", type=int, default=DEMO_SEED)
     parser.add_argument("--model", type=Path, help="model bundle (default: the packaged model)")
     parser.set_defaults(func=run)
@@ -37,13 +38,15 @@ def run(args: argparse.Namespace) -> int:
     from KiMapLib.model.plots import predicted_vs_measured
     from KiMapLib.model.prediction import predict_biopsies
     from KiMapLib.model.training import regression_metrics
+    from KiMapLib.outputs import check_output_folder
     from KiMapLib.phantom import SYNTHETIC_NOTICE, generate_cohort
     from KiMapLib.progress import progress_bar
 
+    check_output_folder(args.out, "demo", [("--model", args.model)])
     started = time.perf_counter()
     model = load_model(args.model)
     out = Path(args.out)
-    with atomic_directory(out, "demo_report.json", "demo") as staging:
+    with atomic_directory(out, "demo") as staging:
         with progress_bar("synthetic case") as progress:
             records = generate_cohort(staging / "case", 1, args.seed, progress=progress)
         folder = staging / "case" / records[0]["patient_id"]
@@ -71,9 +74,10 @@ def run(args: argparse.Namespace) -> int:
                               staging / "biopsies_predicted_vs_measured.png", title="Demo case (unseen)")
 
         with progress_bar("ki67 map") as progress:
-            result = compute_map(case, model, label, covariates, progress)
+            # the phantom's label 1 is its necrotic core (as in BraTS): not mapped, see docs/phantom.md
+            result = compute_map(case, model, label, covariates, progress, exclude_labels=(1,))
         points = [(r["voxel_i"], r["voxel_j"], r["voxel_k"]) for r in rows]
-        write_map_files(result, staging, ("nrrd",), points_ijk=points)
+        write_map_files(result, staging, ("nrrd",), points_ijk=points, point_labels=[str(r["biopsy_id"]) for r in rows])
         ki67 = sitk.GetArrayFromImage(result.ki67)
         inside = np.isfinite(ki67)
         rho = spearman(ki67[inside], truth[inside])

@@ -17,10 +17,11 @@ import numpy as np
 import SimpleITK as sitk
 
 from KiMapLib import __version__
-from KiMapLib.atomic import atomic_directory, check_replaceable
+from KiMapLib.atomic import atomic_directory
 from KiMapLib.errors import GeometryError, KiMapError
 from KiMapLib.inputs.geometry import grid_description, same_grid
 from KiMapLib.maps.summary import read_summary
+from KiMapLib.outputs import check_output_folder
 from KiMapLib.progress import ProgressCallback, report
 
 MAP_FILE = "ki67_map.nrrd"
@@ -149,6 +150,18 @@ def check_reference(map_data: dict, datasets: list, reference: sitk.Image, refer
                              hint="give the DICOM series of the t1c the map was computed on")
 
 
+def _map_files(map_dir: Path) -> list[tuple[str, Path]]:
+    """The files of a map folder the export reads (none of them may be an output)."""
+    return [(f"--map {name}", map_dir / name) for name in (MAP_FILE, PROBABILITY_FILE, REGION_FILE, SUMMARY_FILE)]
+
+
+def _series_files(reference_dir: Path) -> list[tuple[str, Path]]:
+    """The files of the reference series folder (read as DICOM; none of them may be an output)."""
+    if not reference_dir.is_dir():
+        return []
+    return [(f"--reference-dicom {p.name}", p) for p in sorted(reference_dir.iterdir()) if p.is_file()]
+
+
 def _write_volume(image: sitk.Image, path: Path, reference: dict | None) -> None:
     image = sitk.Image(image)
     for key in list(image.GetMetaDataKeys()):
@@ -186,7 +199,8 @@ def export_planning(
         raise KiMapError(f"unknown format(s) {', '.join(unknown) or '(none)'}", input_name="--formats",
                          hint=f"use a comma-separated subset of {','.join(FORMATS)}")
     parsed = parse_levels(levels)
-    check_replaceable(out_dir.resolve(), REPORT_FILE, "export")
+    check_output_folder(out_dir, "export", inputs=[("--map", map_dir), ("--reference-dicom", reference_dir),
+                                                   *_map_files(map_dir), *_series_files(reference_dir)])
     report(progress, 0.0, "reading the map and the reference series")
     map_data = load_map(map_dir)
     _, datasets, geometry = series_datasets(reference_dir, name=f"--reference-dicom {reference_dir.name}")
@@ -223,7 +237,7 @@ def export_planning(
         "files": files,
     }
     voxel_ml = float(np.prod(reference.GetSpacing())) / 1000.0
-    with atomic_directory(out_dir, REPORT_FILE, "export") as staging:
+    with atomic_directory(out_dir, "export") as staging:
         for level, roi in rois:
             result["rois"].append({"name": roi.name, "level": f"{level.quantity}>={level.value:g}",
                                    "color": list(roi.color), "voxels": int(roi.mask.sum()),

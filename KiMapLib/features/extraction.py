@@ -8,8 +8,13 @@ from collections.abc import Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from KiMapLib.errors import BiopsyError, KiMapError
-from KiMapLib.features.neighbourhood import ball_offsets
+from KiMapLib.errors import BiopsyError, FieldOfViewError, KiMapError
+from KiMapLib.features.neighbourhood import (
+    MIN_KERNEL_VOXELS,
+    ball_offsets,
+    min_kernel_voxels,
+    voxels_outside_coverage,
+)
 from KiMapLib.inputs.biopsies import Biopsy
 from KiMapLib.inputs.case import Case
 from KiMapLib.inputs.geometry import nearest_voxel
@@ -63,9 +68,30 @@ def ball_region(case: Case, center_ijk: Sequence[int]) -> tuple[sitk.Image, list
     return mask_image, start_ijk, len(points)
 
 
-def features_at_voxel(case: Case, center_ijk: Sequence[int], extractor=None,
-                      what: str = "point") -> dict[str, float]:
-    """All features of every sequence on the ball around one voxel, keyed ``<sequence>_original_<class>_<name>``."""
+def ball_outside_field_of_view(case: Case, center_ijk: Sequence[int]) -> dict[str, int]:
+    """Sequence -> number of foreground voxels of the ball around ``center_ijk`` outside that sequence's field of view
+    (only sequences the ball leaves are listed; their resampled values there are padding)."""
+    offsets = ball_offsets(case.reference.GetSpacing(), case.settings.ball_radius_mm)
+    centre = np.asarray(center_ijk, dtype=np.int64)[::-1].reshape(1, 3)
+    outside = {}
+    for sequence in case.images:
+        uncovered = case.uncovered(sequence)
+        if uncovered is not None:
+            count = int(voxels_outside_coverage(uncovered, centre, offsets)[0])
+            if count:
+                outside[sequence] = count
+    return outside
+
+
+def features_at_voxel(case: Case, center_ijk: Sequence[int], extractor=None, what: str = "point",
+                      outside: dict[str, int] | None = None,
+                      sequences: Sequence[str] | None = None) -> dict[str, float]:
+    """All features of ``sequences`` (default: every sequence of the case) on the ball around one voxel, keyed
+    ``<sequence>_original_<class>_<name>``.
+
+    Sequences whose field of view the ball leaves (``outside``, by default :func:`ball_outside_field_of_view`) get
+    NaN for every feature: their values there are padding, not image.
+    """
     settings = case.settings
     full_ball = len(ball_offsets(case.reference.GetSpacing(), settings.ball_radius_mm))
     k, j, i = (int(v) for v in center_ijk[::-1])
@@ -73,18 +99,29 @@ def features_at_voxel(case: Case, center_ijk: Sequence[int], extractor=None,
         raise BiopsyError("lies in the image background (outside the brain foreground)", input_name=what,
                           hint="check the point's coordinates (RAS mm) and the volume")
     mask, start, count = ball_region(case, center_ijk)
-    if count < settings.min_ball_fraction * full_ball:
-        raise BiopsyError(f"only {count} of {full_ball} ball voxels are foreground "
-                          f"(< {settings.min_ball_fraction:.0%})", input_name=what,
+    needed = min_kernel_voxels(full_ball, settings.min_ball_fraction)
+    if count < needed:
+        raise BiopsyError(f"only {count} of {full_ball} ball voxels are foreground (needs {needed}: "
+                          f"{settings.min_ball_fraction:.0%} of the ball and at least {MIN_KERNEL_VOXELS})",
+                          input_name=what,
                           hint="the point is too close to the image or brain edge")
+    if outside is None:
+        outside = ball_outside_field_of_view(case, center_ijk)
     extractor = extractor or pyradiomics_extractor(settings)
-    features: dict[str, float] = {}
-    for sequence, image in case.images.items():
+    wanted = tuple(sequences or case.sequences)
+    by_sequence: dict[str, dict[str, float]] = {}
+    for sequence in wanted:
+        image = case.images[sequence]
+        if sequence in outside:
+            continue
         crop = sitk.RegionOfInterest(image, mask.GetSize(), start)
         result = extractor.execute(crop, mask)
-        for key, value in result.items():
-            if key.startswith("original_"):
-                features[f"{sequence}_{key}"] = float(value)
+        by_sequence[sequence] = {key: float(value) for key, value in result.items() if key.startswith("original_")}
+    keys = next(iter(by_sequence.values())) if by_sequence else {}
+    features: dict[str, float] = {}
+    for sequence in wanted:  # columns in the case's sequence order, missing ones included
+        values = by_sequence.get(sequence, dict.fromkeys(keys, float("nan")))
+        features.update({f"{sequence}_{key}": value for key, value in values.items()})
     return features
 
 
@@ -99,9 +136,14 @@ def biopsy_voxel(case: Case, biopsy: Biopsy) -> tuple[int, int, int]:
     return index
 
 
-def extract_biopsies(case: Case, biopsies: Sequence[Biopsy], progress: ProgressCallback | None = None
-                     ) -> tuple[list[dict], list[BiopsyError]]:
-    """Cohort-table rows (identity, covariates, ki67, features) for each biopsy; bad ones become errors."""
+def extract_biopsies(case: Case, biopsies: Sequence[Biopsy], progress: ProgressCallback | None = None,
+                     sequences: Sequence[str] | None = None) -> tuple[list[dict], list[BiopsyError]]:
+    """Cohort-table rows (identity, covariates, ki67, features of ``sequences``, default all) for each biopsy; bad
+    ones become errors.
+
+    A biopsy whose ball leaves one sequence's field of view keeps its row, with that sequence's features missing
+    (NaN), and adds a :class:`~KiMapLib.errors.FieldOfViewError` naming the sequence.
+    """
     extractor = pyradiomics_extractor(case.settings)
     rows: list[dict] = []
     errors: list[BiopsyError] = []
@@ -110,10 +152,17 @@ def extract_biopsies(case: Case, biopsies: Sequence[Biopsy], progress: ProgressC
         name = f"biopsy {biopsy.patient_id}/{biopsy.biopsy_id}"
         try:
             index = biopsy_voxel(case, biopsy)
-            features = features_at_voxel(case, index, extractor, what=name)
+            outside = {sequence: count for sequence, count in ball_outside_field_of_view(case, index).items()
+                       if sequences is None or sequence in sequences}
+            features = features_at_voxel(case, index, extractor, what=name, outside=outside, sequences=sequences)
         except BiopsyError as error:
             errors.append(error)
             continue
+        radius = case.settings.ball_radius_mm
+        errors += [FieldOfViewError(f"{count} voxel(s) of its {radius:g} mm ball lie outside the {sequence} field of "
+                                    f"view; its {sequence} features are left empty", sequence=sequence,
+                                    input_name=name, hint=f"give a {sequence} volume that covers the point")
+                   for sequence, count in outside.items()]
         row = biopsy.row()
         row.update({"voxel_i": index[0], "voxel_j": index[1], "voxel_k": index[2]})
         row.update(features)

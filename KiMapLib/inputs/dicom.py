@@ -2,7 +2,9 @@
 
 Reading (:func:`read_series`) refuses anything that would give a wrong volume silently: a folder without DICOM
 files, several series in one folder, a non-image series (RTSTRUCT, SEG, SR, multi-frame objects), missing slices
-(irregular slice spacing), duplicated slice positions, varying orientation or slice size. The returned image keeps
+(irregular slice spacing), duplicated slice positions, varying orientation or slice size, a damaged file or one whose
+pixel data is missing or shorter than its rows x columns (SimpleITK/GDCM would fill the rest with zeros), and a
+series larger than the memory budget (:mod:`KiMapLib.limits`). The returned image keeps
 the link to its source series as SimpleITK metadata (DICOM tags as ``gggg|eeee`` keys, see
 :data:`REFERENCE_TAGS`); :func:`series_reference` turns it back into a dict.
 
@@ -27,8 +29,10 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from pydicom.valuerep import format_number_as_ds
 
 from KiMapLib.errors import KiMapError
+from KiMapLib.limits import check_memory
 
 MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
+MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"  # DICOMDIR: the one DICOM file without a series
 
 #: SimpleITK metadata keys (DICOM tags) kept on a volume read from DICOM, and their DICOM keywords.
 REFERENCE_TAGS = {
@@ -56,7 +60,7 @@ SLICE_GAP_TOLERANCE = 0.01
 DUPLICATE_TOLERANCE_MM = 1e-3
 
 
-def _dicom_files(folder: Path) -> list[tuple[Path, pydicom.Dataset]]:
+def _dicom_files(folder: Path, name: str = "volume") -> list[tuple[Path, pydicom.Dataset]]:
     """Headers of every DICOM file directly inside ``folder`` (non-DICOM and hidden files are skipped)."""
     found = []
     for path in sorted(folder.iterdir()):
@@ -64,10 +68,55 @@ def _dicom_files(folder: Path) -> list[tuple[Path, pydicom.Dataset]]:
             continue
         try:
             dataset = pydicom.dcmread(path, stop_before_pixels=True)
-        except (pydicom.errors.InvalidDicomError, OSError, ValueError, EOFError):
+        except (pydicom.errors.InvalidDicomError, OSError, ValueError, EOFError) as error:
+            if _has_dicom_preamble(path):  # a DICOM file that cannot be read: never skip a slice silently
+                raise KiMapError(f"{path.name} is a damaged DICOM file ({_first_line(error)})",
+                                 input_name=name, hint="export the series again") from None
             continue
         found.append((path, dataset))
     return found
+
+
+def _has_dicom_preamble(path: Path) -> bool:
+    try:
+        with path.open("rb") as handle:
+            handle.seek(128)
+            return handle.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def pixel_data_problem(path: Path) -> str | None:
+    """Why one single-frame file's pixel data cannot give its slice (absent, shorter than rows x columns, cut off
+    before its end), or None. Compressed (encapsulated) pixel data is left to the decoder."""
+    try:
+        dataset = pydicom.dcmread(path, defer_size=1024)  # parses the pixel data element, reads no large value
+        element = dataset.get_item("PixelData", keep_deferred=True)
+    except Exception as error:  # any parse failure of a damaged file is reported, naming it
+        return f"cannot be read ({_first_line(error)})"
+    if element is None:
+        return "has no pixel data"
+    transfer = pydicom.uid.UID(str(dataset.file_meta.get("TransferSyntaxUID", pydicom.uid.ImplicitVRLittleEndian)))
+    if transfer.is_encapsulated or transfer.is_deflated:
+        return None
+    bits = int(dataset.get("BitsAllocated", 16) or 16)
+    pixels = int(dataset.Rows) * int(dataset.Columns) * int(dataset.get("SamplesPerPixel", 1) or 1)
+    expected = (pixels * bits + 7) // 8
+    length = int(element.length)
+    if length == 0xFFFFFFFF:
+        return "has encapsulated pixel data under an uncompressed transfer syntax"
+    if length < expected:
+        return f"holds {length} bytes of pixel data where its {dataset.Rows} x {dataset.Columns} pixels need {expected}"
+    end = int(element.value_tell) + expected
+    size = path.stat().st_size
+    if end > size:
+        return f"is cut off: its pixel data needs {end} bytes but the file has {size}"
+    return None
 
 
 def _describe_series(datasets: list[pydicom.Dataset]) -> str:
@@ -86,7 +135,12 @@ def series_datasets(folder: str | Path, name: str = "volume") -> tuple[list[Path
     folder = Path(folder)
     if not folder.is_dir():
         raise KiMapError(f"not a folder: {folder}", input_name=name, hint="give the folder of one DICOM series")
-    files = _dicom_files(folder)
+    files = _dicom_files(folder, name)
+    for path, dataset in files:  # every composite object has a series; a file without one was cut off
+        sop_class = str(dataset.get("SOPClassUID", "") or dataset.file_meta.get("MediaStorageSOPClassUID", "") or "")
+        if "SeriesInstanceUID" not in dataset and sop_class and sop_class != MEDIA_STORAGE_DIRECTORY:
+            raise KiMapError(f"{path.name} is a damaged DICOM file (its header ends before SeriesInstanceUID)",
+                             input_name=name, hint="export or copy the series again")
     files = [(p, d) for p, d in files if "SeriesInstanceUID" in d]  # DICOMDIR and the like carry no series
     if not files:
         raise KiMapError(f"no DICOM files in {folder}", input_name=name,
@@ -114,6 +168,11 @@ def series_datasets(folder: str | Path, name: str = "volume") -> tuple[list[Path
             raise KiMapError(f"{path.name} in series {label} is not a single-frame image", input_name=name)
     if len(datasets) < 2:
         raise KiMapError(f"series {label} has a single slice", input_name=name, hint="give a 3D series")
+    for path, _ in files:
+        problem = pixel_data_problem(path)
+        if problem:
+            raise KiMapError(f"{path.name} in series {label} {problem}", input_name=name,
+                             hint="the file is damaged or incomplete; export or copy the series again")
 
     orientation = np.array([float(v) for v in first.ImageOrientationPatient])
     shape = (int(first.Rows), int(first.Columns))
@@ -166,6 +225,9 @@ def series_datasets(folder: str | Path, name: str = "volume") -> tuple[list[Path
         "spacing": np.array([pixel_spacing[1], pixel_spacing[0], (along[-1] - along[0]) / (len(along) - 1)]),
         "size": (shape[1], shape[0], len(datasets)),
     }
+    voxels = float(shape[0]) * float(shape[1]) * len(datasets)
+    check_memory(voxels * 12, f"series {label} ({shape[1]}x{shape[0]}x{len(datasets)} voxels)", name,
+                 hint="check the series (its headers declare this size)")  # float64 from GDCM, then float32
     return paths, datasets, geometry
 
 

@@ -11,12 +11,20 @@ from collections.abc import Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from KiMapLib.errors import GeometryError
+from KiMapLib.errors import GeometryError, KiMapError
+from KiMapLib.limits import describe_bytes
 
 LPS_FROM_RAS = np.diag([-1.0, -1.0, 1.0])
 
 #: Grids closer than this (mm for origins/spacings, unitless for directions) count as identical.
 GRID_TOLERANCE = 1e-4
+#: The most voxels one ball may hold: about a 63-voxel radius (a 31 mm ball on 0.5 mm voxels, 63 mm on 1 mm), 2000
+#: times the default 5 mm ball on 1 mm voxels (515); enumerating its offsets takes about 200 MiB. Every feature of
+#: every point or map voxel is computed over the ball, so a larger one is a mistake (a radius or spacing off by a
+#: factor of ten or more), not a neighbourhood.
+MAX_BALL_VOXELS = 2**20
+#: Bytes :func:`KiMapLib.features.neighbourhood.ball_offsets` uses per voxel of the ball's bounding box (88 measured).
+BALL_BYTES_PER_BOX_VOXEL = 100
 
 
 def ras_to_lps(points: np.ndarray | Sequence[float]) -> np.ndarray:
@@ -123,3 +131,83 @@ def grid_description(image: sitk.Image) -> str:
     size = "x".join(str(s) for s in image.GetSize())
     spacing = "x".join(f"{s:.3g}" for s in image.GetSpacing())
     return f"{size} voxels of {spacing} mm"
+
+
+def ball_reach(spacing: Sequence[float], radius_mm: float) -> np.ndarray:
+    """Half-width in voxels, [k, j, i] order, of the box around a ball of ``radius_mm`` on a grid of ``spacing``."""
+    return np.floor(float(radius_mm) / np.asarray(spacing, dtype=float)[::-1] + 1e-9).astype(np.int64)
+
+
+def check_ball_size(spacing: Sequence[float], radius_mm: float, name: str = "t1c") -> None:
+    """Refuse a ball of more than :data:`MAX_BALL_VOXELS` voxels, estimated from its volume before listing any."""
+    radius = float(radius_mm)
+    if not (np.isfinite(radius) and radius > 0):
+        raise KiMapError(f"ball radius {radius_mm} mm is not a positive number", input_name="ball radius",
+                         hint="give a radius in millimetres, e.g. 5")
+    spacing = np.asarray(spacing, dtype=float)
+    if not np.all(np.isfinite(spacing) & (spacing > 0)):
+        raise GeometryError(f"voxel spacing {_spacing_text(spacing)} mm is not positive", input_name=name)
+    estimate = 4.0 / 3.0 * np.pi * radius**3 / float(np.prod(spacing))
+    if estimate > MAX_BALL_VOXELS:
+        box = float(np.prod(2.0 * ball_reach(spacing, radius).astype(float) + 1.0))
+        raise GeometryError(
+            f"a {radius:g} mm ball on voxels of {_spacing_text(spacing)} mm would hold about {estimate:.3g} voxels "
+            f"(about {describe_bytes(box * BALL_BYTES_PER_BOX_VOXEL)} to list them), more than the limit of "
+            f"{MAX_BALL_VOXELS} voxels", input_name=name,
+            hint="check the volume's voxel spacing (mm) and the ball radius")
+
+
+def check_ball_grid(spacing: Sequence[float], radius_mm: float, name: str = "t1c") -> None:
+    """Refuse a grid (voxel ``spacing``, mm) on which a ball of ``radius_mm`` is not a 3D neighbourhood of usable size.
+
+    A voxel spacing larger than the radius along any axis makes the ball flat (a single slice) or a single voxel
+    (with 100 mm voxels every feature was 0); a very fine grid makes it too large (:func:`check_ball_size`).
+    """
+    spacing = np.asarray(spacing, dtype=float)
+    check_ball_size(spacing, radius_mm, name)
+    coarse = spacing > float(radius_mm) + 1e-9
+    if coarse.any():
+        axes = ", ".join(axis for axis, flag in zip("ijk", coarse, strict=True) if flag)
+        raise GeometryError(
+            f"voxel spacing {_spacing_text(spacing)} mm is coarser than the {float(radius_mm):g} mm ball radius "
+            f"along {axes}: the ball would not reach a neighbouring voxel", input_name=name,
+            hint=f"give a volume with voxels of at most {float(radius_mm):g} mm along every axis "
+                 "(or a larger ball radius)")
+
+
+def _spacing_text(spacing: Sequence[float]) -> str:
+    return "x".join(f"{s:.3g}" for s in spacing)
+
+
+#: Array-axis order, flipped axes and (x, y, z) spacing of an image brought into LPS order (see :func:`lps_axes`).
+AxisOrder = tuple[tuple[int, int, int], tuple[int, ...], tuple[float, float, float]]
+
+
+def lps_axes(image: sitk.Image, image_name: str = "t1c") -> AxisOrder:
+    """Array-axis order and flips that bring a (z, y, x) array closest to LPS order, and the spacing (x, y, z) then.
+
+    Index axis ``c`` of the image runs mostly along physical axis ``p`` (the largest direction cosine); array axis
+    ``2 - c`` goes to ``2 - p``, flipped when it runs against LPS. Exact: only axes are permuted and flipped.
+    """
+    direction = np.array(image.GetDirection()).reshape(3, 3)
+    physical = [int(np.argmax(np.abs(direction[:, c]))) for c in range(3)]
+    if sorted(physical) != [0, 1, 2]:
+        raise GeometryError("the grid is too oblique to tell its axes apart", input_name=image_name,
+                            hint="resample it onto a grid within 45 degrees of the patient axes")
+    order = [0, 0, 0]
+    for c, p in enumerate(physical):
+        order[2 - p] = 2 - c
+    flips = tuple(2 - p for c, p in enumerate(physical) if direction[p, c] < 0)
+    spacing = [0.0, 0.0, 0.0]
+    for c, p in enumerate(physical):
+        spacing[p] = image.GetSpacing()[c]
+    return tuple(order), flips, tuple(spacing)
+
+
+def to_lps(array: np.ndarray, order: tuple[int, int, int], flips: tuple[int, ...]) -> np.ndarray:
+    return np.ascontiguousarray(np.flip(np.transpose(array, order), flips))
+
+
+def from_lps(array: np.ndarray, order: tuple[int, int, int], flips: tuple[int, ...]) -> np.ndarray:
+    """The inverse of :func:`to_lps`: an LPS-ordered array back on the image's own array axes."""
+    return np.ascontiguousarray(np.transpose(np.flip(array, flips), np.argsort(order)))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
@@ -15,20 +14,17 @@ import SimpleITK as sitk
 
 from KiMapLib.atomic import atomic_directory
 from KiMapLib.errors import KiMapError
-from KiMapLib.features.neighbourhood import ball_offsets
+from KiMapLib.features.neighbourhood import ball_offsets, min_kernel_voxels, voxels_outside_coverage
 from KiMapLib.inputs.case import Case
 from KiMapLib.inputs.geometry import copy_geometry
-from KiMapLib.inputs.images import check_region
 from KiMapLib.model.bundle import KiMapModel
 from KiMapLib.model.design import design_matrix
 from KiMapLib.model.prediction import check_case_for_model
 from KiMapLib.progress import ProgressCallback, report, scaled
+from KiMapLib.region.tumour_region import TumourRegion, given_region, propose_region, require_plausible
 
 OUTSIDE_VALUE = float("nan")
-#: Automatic region (see :func:`default_region`): robust z-score threshold, smoothing and dilation in mm.
-AUTO_REGION_Z = 2.0
-AUTO_REGION_SMOOTH_MM = 2.0
-AUTO_REGION_DILATE_MM = 3.0
+
 
 
 @dataclass
@@ -40,37 +36,8 @@ class MapResult:
     region: sitk.Image
     t1c: sitk.Image
     summary: dict = field(default_factory=dict)
-
-
-def default_region(case: Case) -> tuple[np.ndarray, str]:
-    """The abnormal-signal region when none is given: hyperintense FLAIR (else T2, else enhancing t1c).
-
-    The sequence is smoothed (Gaussian, 2 mm), turned into a robust z-score against the whole foreground
-    (median and MAD, so the lesion does not inflate its own reference), thresholded at
-    :data:`AUTO_REGION_Z`, reduced to its largest connected component, hole-filled (the necrotic core belongs to
-    the tumor) and dilated by :data:`AUTO_REGION_DILATE_MM`.
-    """
-    name = next(n for n in ("flair", "t2", "t1c") if n in case.images)
-    smooth = sitk.GetArrayFromImage(sitk.SmoothingRecursiveGaussian(case.images[name], AUTO_REGION_SMOOTH_MM))
-    inside = smooth[case.foreground]
-    median = np.median(inside)
-    spread = 1.4826 * np.median(np.abs(inside - median))
-    if spread <= 0:
-        raise KiMapError(f"{name} has no contrast for an automatic region", input_name="region",
-                         hint="give the tumor region explicitly (--region LABEL_FILE)")
-    candidate = ((smooth - median) / spread > AUTO_REGION_Z) & case.foreground
-    components = sitk.RelabelComponent(sitk.ConnectedComponent(copy_geometry(candidate.astype(np.uint8),
-                                                                             case.reference)), sortByObjectSize=True)
-    largest = sitk.GetArrayFromImage(components) == 1
-    if not largest.any():
-        raise KiMapError(f"no {name} hyperintensity found for an automatic region", input_name="region",
-                         hint="give the tumor region explicitly (--region LABEL_FILE)")
-    filled = sitk.BinaryFillhole(copy_geometry(largest.astype(np.uint8), case.reference))
-    radius = [max(1, round(AUTO_REGION_DILATE_MM / s)) for s in case.reference.GetSpacing()]
-    region = sitk.GetArrayFromImage(sitk.BinaryDilate(filled, radius)).astype(bool) & case.foreground
-    return region, (f"automatic: largest connected {name} region with robust z-score > {AUTO_REGION_Z:g} "
-                    f"(after {AUTO_REGION_SMOOTH_MM:g} mm smoothing), holes filled, dilated "
-                    f"{AUTO_REGION_DILATE_MM:g} mm, within the foreground")
+    labels: sitk.Image | None = None  # the tumour label map the region came from (BraTS labels), when known
+    tumour: TumourRegion | None = None
 
 
 def _engine_features(case: Case, centres: np.ndarray, region: np.ndarray, used: list[str],
@@ -80,7 +47,7 @@ def _engine_features(case: Case, centres: np.ndarray, region: np.ndarray, used: 
 
     settings = {**case.settings.pyradiomics_settings(), "ballRadius": case.settings.ball_radius_mm}
     full_ball = len(ball_offsets(case.reference.GetSpacing(), case.settings.ball_radius_mm))
-    min_voxels = math.ceil(case.settings.min_ball_fraction * full_ball)
+    min_voxels = min_kernel_voxels(full_ball, case.settings.min_ball_fraction)
     mask = copy_geometry(region.astype(np.uint8), case.reference)
     foreground = copy_geometry(case.foreground.astype(np.uint8), case.reference)
     by_sequence: dict[str, list[str]] = defaultdict(list)
@@ -123,6 +90,21 @@ def _reference_features(case: Case, centres: np.ndarray, used: list[str], progre
                              "ki67 interpolated linearly between them (nearest outside their hull)")
 
 
+def outside_field_of_view(case: Case, centres: np.ndarray, sequences: list[str] | tuple[str, ...]
+                           ) -> dict[str, np.ndarray]:
+    """Sequence -> mask over ``centres`` of the voxels whose ball (within the foreground) leaves that sequence's
+    field of view; only sequences with such voxels are listed."""
+    offsets = ball_offsets(case.reference.GetSpacing(), case.settings.ball_radius_mm)
+    outside = {}
+    for sequence in sequences:
+        uncovered = case.uncovered(sequence)
+        if uncovered is not None:
+            leaves = voxels_outside_coverage(uncovered, centres, offsets) > 0
+            if leaves.any():
+                outside[sequence] = leaves
+    return outside
+
+
 def region_features(case: Case, centres: np.ndarray, region: np.ndarray, used: list[str], method: str = "auto",
                     progress: ProgressCallback | None = None) -> tuple[np.ndarray, np.ndarray, str, str]:
     """Features ``used`` at region voxels: (rows of ``centres`` computed, values, note, method used).
@@ -146,21 +128,48 @@ def region_features(case: Case, centres: np.ndarray, region: np.ndarray, used: l
     raise KiMapError(f"unknown map method '{method}'", input_name="method", hint="use auto, engine or reference")
 
 
-def compute_map(case: Case, model: KiMapModel, region: sitk.Image | None = None, covariates: dict | None = None,
-                progress: ProgressCallback | None = None, method: str = "auto") -> MapResult:
-    """ki67 and probability maps over ``region`` (or :func:`default_region`) on the exact t1c grid."""
+def tumour_region_for(case: Case, region: sitk.Image | TumourRegion | None, *, allow_t1c_only: bool = False,
+                      exclude_labels: tuple[int, ...] = ()) -> TumourRegion:
+    """The region a map covers: a given label map, a region already made, or the automatic proposal — which must pass
+    its plausibility checks (else one line saying what to do; never a map on normal anatomy)."""
+    if isinstance(region, TumourRegion):
+        tumour = region
+    elif region is not None:
+        tumour = given_region(region, case.reference, "region", exclude_labels)
+    else:
+        tumour = propose_region(case)
+    require_plausible(tumour, allow_t1c_only)
+    if tumour.labels.shape != case.foreground.shape:
+        raise KiMapError("the region is not on the t1c grid", input_name="region")
+    return tumour
+
+
+def compute_map(case: Case, model: KiMapModel, region: sitk.Image | TumourRegion | None = None,
+                covariates: dict | None = None, progress: ProgressCallback | None = None, method: str = "auto", *,
+                allow_t1c_only: bool = False, exclude_labels: tuple[int, ...] = ()) -> MapResult:
+    """ki67 and probability maps over the viable tumour on the exact t1c grid.
+
+    ``region``: a label image (every label > 0 mapped, except ``exclude_labels``), a :class:`TumourRegion`, or None
+    for the automatic segmentation from every given sequence (its necrotic core is not mapped). The region is
+    decided and checked before any feature is computed.
+    """
     started = time.perf_counter()
     check_case_for_model(case, model)
-    if region is None:
-        region_array, region_note = default_region(case)
-    else:
-        region_array = sitk.GetArrayFromImage(check_region(region, case.reference)).astype(bool)
-        region_note = "given region (labels > 0)"
-    region_array &= case.foreground
+    report(progress, 0.0, "tumour region")
+    tumour = tumour_region_for(case, region, allow_t1c_only=allow_t1c_only, exclude_labels=exclude_labels)
+    region_array = tumour.mapped & case.foreground
+    region_note = ("automatic tumour segmentation (labels 2 and 3; necrotic core excluded)"
+                   if tumour.source == "automatic" else "given region (labels > 0"
+                   + (f", except {list(tumour.excluded_labels)})" if tumour.excluded_labels else ")"))
     centres = np.stack(np.unravel_index(np.flatnonzero(region_array), region_array.shape), axis=1)  # argwhere
     if len(centres) == 0:
         raise KiMapError("the region has no voxel inside the image foreground", input_name="region")
     used = model.used_features
+    used_sequences = sorted({name.split("_", 1)[0] for name in used})
+    outside = outside_field_of_view(case, centres, used_sequences)
+    leaves_view = np.zeros(len(centres), dtype=bool)
+    for leaves in outside.values():
+        leaves_view |= leaves
     report(progress, 0.0, f"features at {len(centres)} voxels")
     features_started = time.perf_counter()
     sample_rows, values, note, method = region_features(case, centres, region_array, used, method,
@@ -172,6 +181,7 @@ def compute_map(case: Case, model: KiMapModel, region: sitk.Image | None = None,
     for column, name in enumerate(used):
         matrix[:, model.input_features.index(name)] = values[:, column]
     valid = np.isfinite(values).any(axis=1) if used else np.ones(len(sample_rows), bool)
+    valid &= ~leaves_view[sample_rows]  # their features would come from padding
     ki67_samples = np.full(len(sample_rows), np.nan)
     if valid.any():
         ki67_samples[valid] = model.predict_matrix(matrix[valid])[0]
@@ -179,6 +189,7 @@ def compute_map(case: Case, model: KiMapModel, region: sitk.Image | None = None,
         ki67_values = ki67_samples
     else:
         ki67_values = _interpolate(centres[sample_rows][valid], ki67_samples[valid], centres)
+    ki67_values[leaves_view] = np.nan  # not interpolated either
     probability_values = model.probability(ki67_values)
 
     ki67 = np.full(region_array.shape, OUTSIDE_VALUE, dtype=np.float32)
@@ -191,11 +202,18 @@ def compute_map(case: Case, model: KiMapModel, region: sitk.Image | None = None,
         "model_id": model.model_id,
         "threshold_percent": model.threshold_percent,
         "sequences": list(case.images),
+        "sequence_use": _sequence_use(case, model, tumour),
         "region": region_note,
+        "tumour_region": tumour.summary(case.reference.GetSpacing()),
         "region_voxels": len(centres),
         "mapped_voxels": int(mapped.sum()),
-        "unmapped_voxels_reason": "ball has fewer foreground voxels than min_ball_fraction",
-        "outside_value": "NaN (not computed outside the region)",
+        "unmapped_voxels_reason": ("ball has fewer foreground voxels than min_ball_fraction (and at least 7), or "
+                                   "leaves the field of view of a sequence the model uses"),
+        "unmapped_voxels_outside_field_of_view": int(leaves_view.sum()),
+        "unmapped_voxels_outside_field_of_view_by_sequence": {name: int(leaves.sum())
+                                                              for name, leaves in outside.items()},
+        "outside_value": "NaN (not computed outside the region"
+                         + ("; the necrotic core is NaN too" if tumour.excluded_labels else "") + ")",
         "method": note,
         "ki67_mean_percent": float(np.nanmean(ki67_values)) if mapped.any() else None,
         "fraction_high": float(np.nanmean(probability_values >= 0.5)) if mapped.any() else None,
@@ -209,7 +227,14 @@ def compute_map(case: Case, model: KiMapModel, region: sitk.Image | None = None,
         summary["t1c_source"] = source
     return MapResult(ki67=copy_geometry(ki67, case.reference), probability=copy_geometry(probability, case.reference),
                      region=copy_geometry(region_array.astype(np.uint8), case.reference), t1c=case.reference,
-                     summary=summary)
+                     summary=summary, labels=tumour.label_image(case.reference), tumour=tumour)
+
+
+def _sequence_use(case: Case, model: KiMapModel, tumour: TumourRegion) -> dict[str, list[str]]:
+    """Which given sequence served what: the model's features, the tumour region, the quality checks."""
+    return {"model": [s for s in case.images if s in model.required_sequences],
+            "tumour_region": list(tumour.method.get("sequences", [])) if tumour.source == "automatic" else [],
+            "quality_checks": list(case.images)}
 
 
 def _series_reference(image: sitk.Image) -> dict | None:
@@ -236,7 +261,7 @@ def _interpolate(points: np.ndarray, values: np.ndarray, targets: np.ndarray) ->
 
 
 def write_map_files(result: MapResult, folder: Path, formats: tuple[str, ...] = ("nrrd",), overlay: bool = True,
-                    points_ijk: list | None = None) -> None:
+                    points_ijk: list | None = None, point_labels: list[str] | None = None) -> None:
     """Write maps, region, overlay and summary into an existing folder (no atomicity; see :func:`write_map`)."""
     from KiMapLib.maps.pictures import overlay as draw_overlay
 
@@ -246,21 +271,21 @@ def write_map_files(result: MapResult, folder: Path, formats: tuple[str, ...] = 
         raise KiMapError(f"unknown format {unknown[0]}", input_name="--formats", hint="use nrrd and/or nifti")
     volumes = [(image, folder / f"{stem}{suffixes[fmt]}") for fmt in formats
                for image, stem in ((result.ki67, "ki67_map"), (result.probability, "ki67_probability"),
-                                   (result.region, "region"))]
+                                   (result.region, "region"), (result.labels, "tumour_labels")) if image is not None]
     with ThreadPoolExecutor(1) as writer:  # SimpleITK compresses and writes without the GIL, beside the overlay
         written = writer.submit(lambda: [sitk.WriteImage(image, str(path), useCompression=True)
                                          for image, path in volumes])
         if overlay:
-            slice_k = draw_overlay(result.t1c, result.ki67, folder / "overlay.png", points_ijk=points_ijk,
-                                   title=f"ki67 map ({result.summary.get('model_id')}) — research use only")
-            result.summary["overlay_slice_k"] = slice_k
+            result.summary["overlay_slices"] = draw_overlay(
+                result.t1c, result.ki67, folder / "overlay.png", region=result.region, points_ijk=points_ijk,
+                point_labels=point_labels, title=f"ki67 map ({result.summary.get('model_id')}) — research use only")
         written.result()
     (folder / "summary.json").write_text(json.dumps(result.summary, indent=2, default=str) + "\n")
 
 
 def write_map(result: MapResult, out_dir: str | Path, formats: tuple[str, ...] = ("nrrd",), overlay: bool = True,
-              points_ijk: list | None = None) -> Path:
-    """Write the map folder atomically: on any failure the earlier folder stays as it was."""
-    with atomic_directory(out_dir, "summary.json", "map") as staging:
-        write_map_files(result, staging, formats, overlay, points_ijk)
+              points_ijk: list | None = None, point_labels: list[str] | None = None) -> Path:
+    """Write the map folder atomically: on any failure the earlier folder stays as it was (KiMapLib.atomic)."""
+    with atomic_directory(out_dir, "map") as staging:
+        write_map_files(result, staging, formats, overlay, points_ijk, point_labels)
     return Path(out_dir)

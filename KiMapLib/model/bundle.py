@@ -25,7 +25,7 @@ from KiMapLib.model.design import design_matrix
 from KiMapLib.model.pipeline_check import check_pipeline
 from KiMapLib.model.skops_audit import audit_model_file
 from KiMapLib.resources import models_dir, resources_dir
-from KiMapLib.settings import ExtractionSettings
+from KiMapLib.settings import SEQUENCES, ExtractionSettings
 
 MODEL_FILE = "model.skops"
 CARD_FILE = "model_card.json"
@@ -70,7 +70,7 @@ def _schema_message(error) -> str:
         covariate = " or a covariate (age, sex_female, tumor_recurrent)" if path[0] in (
             "input_features", "selected_columns") else ""
         message = (f"{error.instance[:100]!r} is not a feature name <sequence>_original_<class>_<Feature> "
-                   f"(sequence t1c, t2, flair or adc; a pyradiomics class and one of its features){covariate}")
+                   f"(sequence {', '.join(SEQUENCES)}; a pyradiomics class and one of its features){covariate}")
     message = " ".join(message.split())
     message = message if len(message) <= 300 else f"{message[:300]}..."
     return f"model card does not match the KiMap schema at {location}: {message}"
@@ -190,7 +190,7 @@ def save_bundle(pipeline: object, card: dict, out_dir: str | Path, extra_files: 
     sio = import_skops_io()
     content = {"pipeline": pipeline, "input_features": list(card["input_features"])}
     check_pipeline(content, len(card["input_features"]), str(out_dir))
-    with atomic_directory(out_dir, CARD_FILE, "model bundle") as staging:
+    with atomic_directory(out_dir, "model bundle") as staging:
         sio.dump(content, staging / MODEL_FILE)
         audit_model_file((staging / MODEL_FILE).read_bytes(), str(out_dir), MODEL_FILE)
         card = dict(card, model_file={"path": MODEL_FILE, "sha256": sha256_of(staging / MODEL_FILE),

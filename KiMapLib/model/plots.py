@@ -6,15 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-
-def pyplot():
-    """matplotlib's pyplot on the Agg backend (no display needed)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+from KiMapLib.plotting import pyplot
 
 
 def predicted_vs_measured(measured: np.ndarray, predicted: np.ndarray, labels: list[str], metrics: dict,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from KiMapLib.errors import BiopsyError, ModelError
+from KiMapLib.errors import BiopsyError, FieldOfViewError, ModelError
 from KiMapLib.features.extraction import extract_biopsies
 from KiMapLib.inputs.biopsies import Biopsy
 from KiMapLib.inputs.case import Case
@@ -26,9 +26,18 @@ def check_case_for_model(case: Case, model: KiMapModel) -> None:
 
 def predict_biopsies(case: Case, biopsies: Sequence[Biopsy], model: KiMapModel,
                      progress: ProgressCallback | None = None) -> tuple[list[dict], list[BiopsyError]]:
-    """Rows with features, ``predicted_ki67`` (%) and ``probability_high``; bad points become errors."""
+    """Rows with features, ``predicted_ki67`` (%) and ``probability_high``; bad points become errors.
+
+    A point whose ball leaves the field of view of a sequence the model uses is not predicted (its error says
+    which sequence): imputing the missing features would give a plausible but unfounded value.
+    """
     check_case_for_model(case, model)
-    rows, errors = extract_biopsies(case, biopsies, scaled(progress, 0.0, 0.95))
+    rows, errors = extract_biopsies(case, biopsies, scaled(progress, 0.0, 0.95),
+                                   sequences=model.required_sequences)
+    used = tuple(model.used_features)
+    unusable = {error.input_name for error in errors
+                if isinstance(error, FieldOfViewError) and any(f.startswith(f"{error.sequence}_") for f in used)}
+    rows = [row for row in rows if f"biopsy {row['patient_id']}/{row['biopsy_id']}" not in unusable]
     if rows:
         ki67, probability = model.predict_rows(rows)
         for row, value, p in zip(rows, ki67, probability, strict=True):

@@ -18,7 +18,7 @@ from KiMapLib.errors import KiMapError
 from KiMapLib.model.bundle import RESEARCH_NOTICE
 from KiMapLib.model.design import DEFAULT_COVARIATES, design_matrix, radiomic_columns
 from KiMapLib.progress import ProgressCallback, report
-from KiMapLib.settings import SEQUENCES, ExtractionSettings
+from KiMapLib.settings import FEATURE_CLASSES, SEQUENCES, ExtractionSettings
 
 ESTIMATORS = ("rf", "ridge")
 
@@ -120,8 +120,8 @@ def check_feature_columns(columns: Sequence[str], settings: ExtractionSettings) 
     for column in columns:
         if not pattern.search(column):
             raise KiMapError(f"column {column} is not a feature KiMap computes (<sequence>_original_<class>_<Feature>"
-                             " with a sequence t1c/t2/flair/adc and a pyradiomics feature of firstorder, glcm, glrlm,"
-                             " glszm, gldm or ngtdm)", input_name="features table",
+                             f" with a sequence {'/'.join(SEQUENCES)} and a pyradiomics feature of "
+                             f"{', '.join(FEATURE_CLASSES)})", input_name="features table",
                              hint="drop the column or make the table with `kimap extract`")
         if column.split("_")[2] not in settings.feature_classes:
             raise KiMapError(f"column {column} is of a feature class outside the extraction settings "

@@ -23,7 +23,9 @@ from KiMapLib.inputs.biopsies import Biopsy, write_biopsies_csv
 from KiMapLib.inputs.geometry import voxel_to_ras
 from KiMapLib.phantom import fields, mri, scanner
 from KiMapLib.progress import ProgressCallback, report
-from KiMapLib.settings import SEQUENCES
+
+#: The sequences the phantom's signal model makes (no pre-contrast t1).
+PHANTOM_SEQUENCES = ("t1c", "t2", "flair", "adc")
 
 #: Version of the phantom model (bump when the equations or parameters change the data).
 MODEL_VERSION = "1.0"
@@ -171,7 +173,7 @@ def generate_patient(patient_id: str, rng: np.random.Generator, institution: sca
     depth = scanner.sample(anatomy.depth, anatomy.origin, reference)
     # outside the lattice the resampler returns 0: mark it as outside the brain
     brain = depth > 0
-    images = scanner.acquire(rng, acquisition, {s: signals[s] for s in SEQUENCES}, anatomy.origin, brain,
+    images = scanner.acquire(rng, acquisition, {s: signals[s] for s in PHANTOM_SEQUENCES}, anatomy.origin, brain,
                              anatomy.brain_centre)
     label = scanner.sample(anatomy.label, anatomy.origin, reference, nearest=True)
     label = np.where(brain, label, 0).astype(np.uint8)
@@ -197,7 +199,7 @@ def _write_dicom(patient: PhantomPatient, folder: Path, seed: int) -> None:
     from KiMapLib.inputs.dicom import write_mr_series  # optional dependency (pydicom), imported only here
 
     extra = {"sex": patient.covariates.get("sex"), "age": patient.covariates.get("age"), "study_date": "20000101"}
-    for number, sequence in enumerate(SEQUENCES, start=1):
+    for number, sequence in enumerate(PHANTOM_SEQUENCES, start=1):
         write_mr_series(
             patient.images[sequence], folder / "dicom" / sequence, patient_id=patient.patient_id,
             patient_name=f"SYNTHETIC^{patient.patient_id}", series_description=f"{sequence} (SYNTHETIC phantom)",
@@ -211,7 +213,7 @@ def write_patient(patient: PhantomPatient, folder: str | Path) -> None:
     """Write ``{t1c,t2,flair,adc}.nrrd, tumor_label.nrrd, ki67_truth.nrrd, biopsies.csv`` into ``folder``."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    for sequence in SEQUENCES:
+    for sequence in PHANTOM_SEQUENCES:
         sitk.WriteImage(patient.images[sequence], str(folder / f"{sequence}.nrrd"), useCompression=True)
     sitk.WriteImage(patient.label, str(folder / "tumor_label.nrrd"), useCompression=True)
     sitk.WriteImage(patient.ki67_truth, str(folder / "ki67_truth.nrrd"), useCompression=True)
@@ -238,7 +240,7 @@ def generate_cohort(out_dir: str | Path, n_patients: int, seed: int, *, dicom: b
     children = np.random.SeedSequence(int(seed)).spawn(n_patients)
     records: list[dict] = []
     all_biopsies: list[Biopsy] = []
-    with atomic_directory(out_dir, "cohort.json", "phantom cohort") as staging:
+    with atomic_directory(out_dir, "phantom cohort") as staging:
         for index, (patient_id, child) in enumerate(zip(ids, children, strict=True)):
             report(progress, index / n_patients, f"patient {patient_id}")
             site = scanner.INSTITUTIONS[index % len(scanner.INSTITUTIONS)]

@@ -7,7 +7,7 @@ import math
 import slicer
 
 from KiMapLib.errors import KiMapError
-from KiMapLib.resources import color_table_path
+from KiMapLib.resources import KI67_WINDOW, PROBABILITY_WINDOW, color_table_path
 from KiMapLib.slicer.scene_io import module_logic
 
 #: Value of map nodes outside the mapped region (as in the files); transparent in slice views.
@@ -51,7 +51,7 @@ def set_map_display(node, *, window: tuple[float, float] | None = None, lower_th
     was_modifying = display.StartModify()
     display.SetAndObserveColorNodeID((color_node or color_table_node(node.GetScene())).GetID())
     if window is None:
-        window = (0.0, 100.0) if node.GetAttribute(ATTRIBUTE_MAP) != "probability" else (0.0, 1.0)
+        window = KI67_WINDOW if node.GetAttribute(ATTRIBUTE_MAP) != "probability" else PROBABILITY_WINDOW
     display.AutoWindowLevelOff()
     display.SetWindowLevelMinMax(*window)
     display.AutoThresholdOff()

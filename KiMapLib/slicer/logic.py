@@ -21,9 +21,11 @@ import numpy as np
 import SimpleITK as sitk
 import slicer
 
+from KiMapLib.atomic import atomic_directory
 from KiMapLib.errors import GeometryError, KiMapError
 from KiMapLib.inputs import geometry
 from KiMapLib.maps.summary import check_summary, read_summary
+from KiMapLib.outputs import check_output_folder
 from KiMapLib.progress import ProgressCallback, report, scaled
 from KiMapLib.slicer.dependencies import dependency_message, require_dependencies
 from KiMapLib.slicer.display import (
@@ -39,6 +41,7 @@ from KiMapLib.slicer.display import (
 )
 from KiMapLib.slicer.markups import biopsies_from_markups, check_points_inside
 from KiMapLib.slicer.nodes import image_from_node, region_image, update_node_from_image, volume_images
+from KiMapLib.slicer.segments import fill_tumour_segments, tumour_labels
 from KiMapLib.slicer.tables import fill_table, measured_ki67_from_table, write_table_csv
 
 
@@ -117,14 +120,17 @@ class KiMapLogic:
         before touching the scene. A point whose neighbourhood cannot be used gets a note in its row.
         """
         require_dependencies()
+        from KiMapLib.inputs.biopsies import check_covariate_values, check_ki67
         from KiMapLib.model import prediction
 
+        covariates = check_covariate_values(covariates)  # every input is checked before any work
+        biopsies = biopsies_from_markups(markupsNode, patientId, covariates)
+        measured = measured_ki67_from_table(tableNode)
+        measured.update({str(label): check_ki67(value, f"point {label}", "measured ki67", "measuredKi67")
+                         for label, value in (measuredKi67 or {}).items()})
         model = self._resolve_model(model)
         case = self._case(volumeNodes, model, scaled(progress, 0.0, 0.1))
-        biopsies = biopsies_from_markups(markupsNode, patientId, covariates)
         check_points_inside(biopsies, case.reference)
-        measured = measured_ki67_from_table(tableNode)
-        measured.update({str(label): float(value) for label, value in (measuredKi67 or {}).items()})
         for biopsy in biopsies:
             biopsy.ki67 = measured.get(biopsy.biopsy_id)
         rows, errors = prediction.predict_biopsies(case, biopsies, model, progress=scaled(progress, 0.1, 0.95))
@@ -153,28 +159,66 @@ class KiMapLogic:
 
     # -- map ----------------------------------------------------------------------------------------------------
 
+    def proposeTumorRegion(self, volumeNodes: Mapping[str, object], segmentationNode=None,
+                           allowT1cOnly: bool = False, progress: ProgressCallback | None = None):
+        """The automatic tumour segmentation from every given sequence, as a segmentation node to edit.
+
+        Three named, colored segments (necrotic core, oedema / non-enhancing tumour, enhancing tumour) on the t1c
+        grid; :meth:`computeMap` with this node maps the visible segments except the necrotic core. A proposal that
+        fails its plausibility checks (normal anatomy, t1c only unless ``allowT1cOnly``) raises one line saying what
+        to do, and the scene is left as it was. ``segmentationNode`` (optional) is refilled in place.
+        """
+        from KiMapLib.inputs.case import prepare_case
+        from KiMapLib.region.tumour_region import propose_region, require_plausible
+
+        report(progress, 0.0, "checking volumes")
+        case = prepare_case(volume_images(volumeNodes))
+        report(progress, 0.1, "segmenting the tumour")
+        tumour = propose_region(case)
+        require_plausible(tumour, allowT1cOnly)
+        report(progress, 0.9, "making segments")
+        t1c_node = volumeNodes["t1c"]
+        if segmentationNode is None:
+            segmentationNode = self.scene.AddNewNodeByClass(
+                "vtkMRMLSegmentationNode", self.scene.GenerateUniqueName(f"{t1c_node.GetName()} tumour"))
+        fill_tumour_segments(segmentationNode, tumour.label_image(case.reference), t1c_node)
+        segmentationNode.SetAttribute(ATTRIBUTE_SUMMARY, json.dumps(_jsonable(tumour.summary(
+            case.reference.GetSpacing()))))
+        report(progress, 1.0, "done")
+        return segmentationNode
+
     def computeMap(self, volumeNodes: Mapping[str, object], regionNode=None, model=None, ki67Node=None,
                    probabilityNode=None, covariates: Mapping[str, object] | None = None,
-                   lowerThreshold: float = 0.0, progress: ProgressCallback | None = None):
-        """The ki67 (%) and P(high) maps inside the tumor region, as two scalar volume nodes on the t1c grid.
+                   lowerThreshold: float = 0.0, progress: ProgressCallback | None = None,
+                   allowT1cOnly: bool = False):
+        """The ki67 (%) and P(high) maps over the viable tumour, as two scalar volume nodes on the t1c grid.
 
-        ``regionNode``: a labelmap/scalar volume (voxels > 0) or a segmentation (its visible segments).
-        Existing ``ki67Node``/``probabilityNode`` are overwritten, otherwise new nodes are added. Display:
-        KiMap's color table, window 0-100 % (0-1), values below ``lowerThreshold`` and outside the region
+        ``regionNode``: a labelmap/scalar volume (voxels > 0), a segmentation (its visible segments; for KiMap's
+        tumour segments, all but the necrotic core), or None for the automatic tumour segmentation (refused when it
+        is not plausible). Existing ``ki67Node``/``probabilityNode`` are overwritten, otherwise new nodes are added.
+        Display: KiMap's color table, window 0-100 % (0-1), values below ``lowerThreshold`` and outside the region
         transparent. Returns ``(ki67Node, probabilityNode)``.
         """
         require_dependencies()
-        from KiMapLib.inputs.images import check_region
+        from KiMapLib.inputs.biopsies import check_covariate_values
         from KiMapLib.maps import mapping
+        from KiMapLib.region.tumour_region import given_region
 
+        covariates = check_covariate_values(covariates)  # every input is checked before the map is computed
         model = self._resolve_model(model)
         case = self._case(volumeNodes, model, scaled(progress, 0.0, 0.05))
         t1c_node = volumeNodes["t1c"]
-        region = region_image(regionNode, t1c_node)
-        if region is not None:
-            region = check_region(region, case.reference, "tumor region")
-        result = mapping.compute_map(case, model, region=region, covariates=dict(covariates) if covariates else None,
-                                     progress=scaled(progress, 0.05, 0.97))
+        region, exclude = None, ()
+        if regionNode is not None and regionNode.IsA("vtkMRMLSegmentationNode"):
+            region = tumour_labels(regionNode, t1c_node)
+            exclude = (1,) if region is not None else ()
+        if region is None:
+            region = region_image(regionNode, t1c_node)
+        if region is not None:  # checked here, before the computation: empty or foreign regions stop at once
+            region = given_region(region, case.reference, "tumor region", exclude)
+        result = mapping.compute_map(case, model, region=region, covariates=covariates or None,
+                                     progress=scaled(progress, 0.05, 0.97), allow_t1c_only=allowT1cOnly,
+                                     exclude_labels=exclude)
         # Everything below only adds/updates nodes: all checks and the computation are done.
         nodes = self._writeMapNodes(t1c_node, result.ki67, result.probability, getattr(result, "summary", {}),
                                     str(getattr(model, "model_id", "")), ki67Node, probabilityNode, lowerThreshold)
@@ -232,7 +276,9 @@ class KiMapLogic:
         and the biopsy table (CSV) into a new folder ``outputDirectory/folderName`` and return that folder.
 
         The folder (default: the ki67 node's name) is replaced as a whole and atomically, so it is always a
-        dedicated sub-folder: the chosen ``outputDirectory`` itself is never emptied. ``formats``: "nrrd",
+        dedicated sub-folder: the chosen ``outputDirectory`` itself is never emptied, and an existing sub-folder
+        is replaced only when it is an earlier, unchanged KiMap map (its manifest); a folder holding a file the
+        scene was loaded from is refused before anything is written (KiMapLib.outputs). ``formats``: "nrrd",
         "nifti", and "dicom" — the radiation-planning export (:func:`KiMapLib.export.planning.export_planning`:
         Parametric Maps and an RT Structure Set of ``levels``) into ``<folder>_planning`` beside it, referencing
         the t1c DICOM series in ``referenceDicomDirectory``.
@@ -260,6 +306,11 @@ class KiMapLogic:
         if parent.exists() and not parent.is_dir():
             raise KiMapError(f"{parent} is a file", input_name="export folder", hint="choose a folder")
         out_dir = parent / _safe_name(folderName or ki67Node.GetName())
+        planning_dir = out_dir.with_name(f"{out_dir.name}_planning")
+        inputs = [*self._scene_files(), ("t1c DICOM", referenceDicomDirectory if dicom else None)]
+        check_output_folder(out_dir, "map", inputs, option="export folder")
+        if dicom:
+            check_output_folder(planning_dir, "export", inputs, option="export folder")
         ki67 = sitk.Cast(image_from_node(ki67Node, "map"), sitk.sitkFloat32)
         probability = sitk.Cast(image_from_node(probabilityNode, "map"), sitk.sitkFloat32)
         region = geometry.copy_geometry(np.isfinite(sitk.GetArrayViewFromImage(ki67)).astype(np.uint8), ki67)
@@ -272,18 +323,29 @@ class KiMapLogic:
                 f"the map's {ATTRIBUTE_SUMMARY} attribute is not valid JSON", input_name="map") from None
         summary["exported_from"] = "3D Slicer scene (KiMap module)"
         result = mapping.MapResult(ki67=ki67, probability=probability, region=region, t1c=t1c, summary=summary)
-        with tempfile.TemporaryDirectory() as scratch:
-            table_csv = write_table_csv(tableNode, Path(scratch) / "biopsies.csv") if tableNode is not None else None
-            if dicom:  # first, so that a reference series that does not fit the map stops the export early
-                from KiMapLib.export.planning import export_planning
+        if dicom:  # first, so that a reference series that does not fit the map stops the export early
+            from KiMapLib.export.planning import export_planning
 
+            with tempfile.TemporaryDirectory() as scratch:
                 staged = mapping.write_map(result, Path(scratch) / "map", formats=("nrrd",), overlay=False)
-                export_planning(staged, Path(referenceDicomDirectory), out_dir.with_name(f"{out_dir.name}_planning"),
-                                levels=levels, progress=progress)
-            mapping.write_map(result, out_dir, formats=formats, overlay=t1c is not None)
-            if table_csv is not None:
-                table_csv.replace(out_dir / "biopsies.csv")
+                export_planning(staged, Path(referenceDicomDirectory), planning_dir, levels=levels,
+                                progress=progress)
+        with atomic_directory(out_dir, "map", option="export folder") as staging:
+            mapping.write_map_files(result, staging, formats, overlay=t1c is not None)
+            if tableNode is not None:
+                write_table_csv(tableNode, staging / "biopsies.csv")
         return out_dir
+
+    def _scene_files(self) -> list[tuple[str, Path]]:
+        """The files the scene's nodes were loaded from or are stored in (no export may overwrite or hold one)."""
+        files = []
+        for node in self.scene.GetNodesByClass("vtkMRMLStorableNode"):
+            storage = node.GetStorageNode()
+            if storage is None:
+                continue
+            names = {storage.GetFileName(), *(storage.GetNthFileName(i) for i in range(storage.GetNumberOfFileNames()))}
+            files += [(f"scene file of '{node.GetName()}'", Path(name)) for name in sorted(n for n in names if n)]
+        return files
 
 
 def _safe_name(name: str) -> str:

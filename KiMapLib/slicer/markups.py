@@ -30,6 +30,9 @@ def biopsies_from_markups(markups_node, patient_id: str | None = None,
         seen.add(label)
         ras = np.zeros(3)
         markups_node.GetNthControlPointPositionWorld(index, ras)
+        if not np.all(np.isfinite(ras)):
+            raise BiopsyError(f"point '{label}' of '{markups_node.GetName()}' has a non-finite position {ras.tolist()}",
+                              input_name="biopsies", hint="place the point again")
         biopsies.append(Biopsy(patient_id=patient, biopsy_id=label, ras=ras.copy(), covariates=dict(covariates or {})))
     if not biopsies:
         raise KiMapError(f"'{markups_node.GetName()}' has no placed points", input_name="biopsies",

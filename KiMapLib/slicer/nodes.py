@@ -24,7 +24,7 @@ def image_from_node(node, name: str) -> sitk.Image:
     """The SimpleITK image (LPS) of a scalar or labelmap volume node; refuses transformed or empty nodes."""
     if node is None or not node.IsA("vtkMRMLScalarVolumeNode"):
         raise KiMapError("not a scalar volume", input_name=name, hint="select a scalar volume node")
-    if node.GetImageData() is None:
+    if node.GetImageData() is None or node.GetImageData().GetPointData().GetScalars() is None:
         raise KiMapError(f"volume '{node.GetName()}' has no image data", input_name=name)
     if node.GetImageData().GetNumberOfScalarComponents() != 1:
         raise KiMapError(f"volume '{node.GetName()}' is not a scalar (single-component) volume", input_name=name)
@@ -66,6 +66,7 @@ def region_image(region_node, reference_node, name: str = "tumor region") -> sit
     if region_node is None:
         return None
     if region_node.IsA("vtkMRMLSegmentationNode"):
+        _check_visible_segments(region_node, name)
         scene = region_node.GetScene()
         existing = {scene.GetNthNode(n).GetID() for n in range(scene.GetNumberOfNodes())}
         label_node = slicer.vtkMRMLLabelMapVolumeNode()
@@ -76,8 +77,10 @@ def region_image(region_node, reference_node, name: str = "tumor region") -> sit
             if not segmentations.ExportVisibleSegmentsToLabelmapNode(region_node, label_node, reference_node):
                 raise KiMapError(f"cannot make a labelmap from segmentation '{region_node.GetName()}'",
                                  input_name=name, hint="check that it has visible, non-empty segments")
-            if label_node.GetImageData() is None:
-                raise KiMapError("the segmentation has no visible segment", input_name=name)
+            image = label_node.GetImageData()
+            if image is None or image.GetPointData().GetScalars() is None:
+                raise KiMapError(f"segmentation '{region_node.GetName()}' has no visible, non-empty segment",
+                                 input_name=name, hint="paint the tumor in a segment and show it")
             return image_from_node(label_node, name)
         finally:
             added = [scene.GetNthNode(n) for n in range(scene.GetNumberOfNodes())]
@@ -85,3 +88,18 @@ def region_image(region_node, reference_node, name: str = "tumor region") -> sit
                 if node.GetID() not in existing and not node.IsA("vtkMRMLSubjectHierarchyNode"):
                     scene.RemoveNode(node)
     return image_from_node(region_node, name)
+
+
+def _check_visible_segments(segmentation_node, name: str) -> None:
+    """Refuse a segmentation without segments, or whose segments are all hidden, before exporting it."""
+    segmentation = segmentation_node.GetSegmentation()
+    if segmentation is None or segmentation.GetNumberOfSegments() == 0:
+        raise KiMapError(f"segmentation '{segmentation_node.GetName()}' has no segments", input_name=name,
+                         hint="paint the tumor in a segment (Segment Editor) or choose another region")
+    display = segmentation_node.GetDisplayNode()
+    if display is not None:
+        visible = vtk.vtkStringArray()
+        display.GetVisibleSegmentIDs(visible)
+        if visible.GetNumberOfValues() == 0:
+            raise KiMapError(f"segmentation '{segmentation_node.GetName()}' has no visible segment", input_name=name,
+                             hint="show the tumor segment (Segmentations module) or choose another region")

@@ -39,16 +39,17 @@ def measured_ki67_from_table(table_node) -> dict[str, float]:
     """Measured ki67 by biopsy label from a KiMap table node (entries typed in by the user)."""
     if table_node is None or table_node.GetTable().GetColumnByName("measured_ki67") is None:
         return {}
+    from KiMapLib.inputs.biopsies import check_ki67
+
     measured = {}
     for row in table_values(table_node):
         value = row.get("measured_ki67")
-        if isinstance(value, str):
-            try:
-                value = float(value)
-            except ValueError:
-                continue
-        if value is not None and math.isfinite(value):
-            measured[str(row.get("biopsy"))] = float(value)
+        if isinstance(value, float) and math.isnan(value):
+            continue  # an empty cell
+        where = f"table '{table_node.GetName()}', point {row.get('biopsy')}"
+        number = check_ki67(value, where, "measured_ki67", "biopsy table")  # 0-100 %, else refused naming the row
+        if number is not None:
+            measured[str(row.get("biopsy"))] = number
     return measured
 
 

@@ -52,7 +52,8 @@ def test_resampled_sequence_lands_on_t1c_grid_in_physical_space():
     coarse.SetSpacing((1.0, 1.0, 1.0))
     ramp = sitk.GetImageFromArray(np.fromfunction(lambda k, j, i: i + 2 * j + 3 * k, (40, 40, 40), dtype=float))
     ramp.CopyInformation(coarse)
-    aligned, notes = align_to_t1c({"t1c": t1c, "t2": sitk.Cast(ramp, sitk.sitkFloat32)})
+    aligned, notes, coverage = align_to_t1c({"t1c": t1c, "t2": sitk.Cast(ramp, sitk.sitkFloat32)})
+    assert coverage == {}  # the coarse t2 covers the whole t1c grid
     assert same_grid(aligned["t2"], t1c) and "t2: resampled" in notes[0]
     # The value at a t1c voxel centre equals the ramp evaluated at that physical point (linear = exact).
     point = np.array(t1c.TransformIndexToPhysicalPoint((5, 7, 3)))

@@ -11,7 +11,8 @@ LIB = ROOT / "KiMapLib"
 
 #: Rank of each part of KiMapLib along the data's path; a module may import only parts of lower or equal rank.
 RANKS = {
-    "errors": 0, "progress": 0, "atomic": 0, "resources": 0, "settings": 0, "__init__": 0,
+    "errors": 0, "progress": 0, "outputs": 0, "atomic": 0, "resources": 0, "settings": 0, "plotting": 0,
+    "limits": 0, "__init__": 0,
     "inputs": 1, "region": 2, "features": 3, "phantom": 3.5, "model": 4, "maps": 5, "export": 6,
     "slicer": 7, "app": 8, "web": 8, "__main__": 9,
     "featuremaps": 3, "mrml_logic": 7,  # deprecated aliases of features.featuremaps and slicer (one release)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import zipfile
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -63,12 +64,16 @@ def probe_probability(ki67: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-(np.asarray(ki67) - 30.0) / 5.0))
 
 
-def fake_compute_map(case, model, region=None, covariates=None, progress=None, method="auto"):
+def fake_compute_map(case, model, region=None, covariates=None, progress=None, method="auto", **options):
     from KiMapLib.progress import report
+    from KiMapLib.region.tumour_region import TumourRegion
 
     report(progress, 0.1, "probe features")
     ras = voxel_ras(geometry.ijk_to_ras_matrix(case.reference), sitk.GetArrayViewFromImage(case.reference).shape)
-    inside = sitk.GetArrayFromImage(region).astype(bool) if region is not None else case.foreground
+    if isinstance(region, TumourRegion):
+        inside = region.mapped
+    else:
+        inside = sitk.GetArrayFromImage(region).astype(bool) if region is not None else case.foreground
     ki67 = np.where(inside, probe_ki67(ras), np.nan).astype(np.float32)
     report(progress, 0.9, "probe model")
     return mapping.MapResult(ki67=geometry.copy_geometry(ki67, case.reference),
@@ -350,6 +355,42 @@ def test_export_map_writes_nan_outside_and_table(case_scene, probe, tmp_path):
         logic.exportMap(ki67_node, tmp_path, formats=())
 
 
+def test_export_map_keeps_user_files_and_the_scene_s_own_files(case_scene, probe, tmp_path):
+    """exportMap replaces only an earlier, unchanged KiMap map; a folder holding a file the scene was loaded
+    from, or a file the user added, is refused before anything is written (issue 12, items 2 and 3)."""
+    logic = KiMapLogic()
+    ki67_node, _ = logic.computeMap(volumes_of(case_scene), case_scene.label, probe)
+    case = tmp_path / "case"
+    case.mkdir()
+    (case / "t1c.nrrd").write_bytes(b"the t1c the scene was loaded from")
+    storage = logic.scene.AddNewNodeByClass("vtkMRMLVolumeArchetypeStorageNode")
+    storage.SetFileName(str(case / "t1c.nrrd"))
+    t1c = case_scene.volumes["t1c"]
+    t1c.SetAndObserveStorageNodeID(storage.GetID())
+    try:
+        with pytest.raises(KiMapError, match=rf"^export folder: {case} holds the input scene file of "
+                                             rf"'{t1c.GetName()}' \({case / 't1c.nrrd'}\)"):
+            logic.exportMap(ki67_node, tmp_path, folderName="case", formats=("nrrd",))
+    finally:
+        t1c.SetAndObserveStorageNodeID(None)
+        logic.scene.RemoveNode(storage)
+    assert (case / "t1c.nrrd").read_bytes() == b"the t1c the scene was loaded from"
+
+    folder = logic.exportMap(ki67_node, tmp_path, folderName="map", formats=("nrrd",))
+    manifest = json.loads((folder / ".kimap-manifest.json").read_text())
+    assert manifest["kind"] == "map" and "ki67_map.nrrd" in manifest["files"]
+    (folder / "notes.txt").write_text("mine")
+    with pytest.raises(KiMapError, match=r"holds files KiMap did not write .*notes\.txt \(not KiMap's\)"):
+        logic.exportMap(ki67_node, tmp_path, folderName="map", formats=("nifti",))
+    assert (folder / "ki67_map.nrrd").is_file() and (folder / "notes.txt").read_text() == "mine"
+    (folder / "notes.txt").unlink()
+    logic.exportMap(ki67_node, tmp_path, folderName="map", formats=("nifti",))
+    assert sorted(p.name for p in folder.iterdir()) == [".kimap-manifest.json", "ki67_map.nii.gz",
+                                                        "ki67_probability.nii.gz", "overlay.png", "region.nii.gz",
+                                                        "summary.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["case", "map"]
+
+
 def test_slice_view_overlay_shows_map_colors(case_scene, probe):
     logic = KiMapLogic()
     ki67_node, _ = logic.computeMap(volumes_of(case_scene), case_scene.label, probe)
@@ -467,6 +508,52 @@ def test_export_map_dicom_planning_from_the_scene(case_scene, probe, tmp_path):
         logic.exportMap(ki67_node, tmp_path / "export2", formats=("nrrd", "dicom"),
                         referenceDicomDirectory=tmp_path / "other_dicom")
     assert not (tmp_path / "export2").exists()
+
+
+def test_tumour_segments_round_trip_on_an_oblique_grid(case_scene, probe):
+    """Three named, colored segments from a BraTS label map come back as the same labels; computeMap with them maps
+    every visible segment except the necrotic core."""
+    from KiMapLib.slicer.segments import SEGMENT_NAMES, fill_tumour_segments, tumour_labels
+
+    t1c = case_scene.volumes["t1c"]
+    reference = mrml_logic.image_from_node(t1c, "t1c")
+    k, _, _ = np.indices(SHAPE_KJI)
+    labels = np.where(case_scene.tumor, np.where(k < 11, 1, np.where(k < 13, 3, 2)), 0).astype(np.uint8)
+    image = geometry.copy_geometry(labels, reference)
+    segmentation = case_scene.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "KiMap tumour")
+    fill_tumour_segments(segmentation, image, t1c)
+    names = [segmentation.GetSegmentation().GetNthSegment(n).GetName() for n in range(3)]
+    assert names == list(SEGMENT_NAMES.values())
+    back = sitk.GetArrayFromImage(tumour_labels(segmentation, t1c))
+    np.testing.assert_array_equal(back, labels)
+    ki67_node, _ = KiMapLogic().computeMap(volumes_of(case_scene), segmentation, probe)
+    mapped = np.isfinite(slicer.util.arrayFromVolume(ki67_node))
+    np.testing.assert_array_equal(mapped, (labels == 2) | (labels == 3))
+
+
+TCGA = Path(__file__).resolve().parents[3] / "shared" / "data" / "tcga-du-7294"
+
+
+@pytest.mark.skipif(not (TCGA / "t1c.nii.gz").is_file(), reason="../shared/data/tcga-du-7294 not present")
+def test_propose_tumor_region_on_real_mri_gives_editable_segments():
+    from KiMapLib.slicer.segments import tumour_labels
+
+    scene = mrml_logic.setup_headless_scene()
+    volumes = {}
+    for name in ("t1", "t1c", "t2", "flair"):
+        image = sitk.ReadImage(str(TCGA / f"{name}.nii.gz"), sitk.sitkFloat32)
+        node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name.upper())
+        mrml_logic.update_node_from_image(node, image)
+        volumes[name] = node
+    before = scene_state(scene)
+    with pytest.raises(KiMapError, match="only t1c"):  # t1c alone is refused, and the scene stays as it was
+        KiMapLogic().proposeTumorRegion({"t1c": volumes["t1c"]})
+    assert scene_state(scene) == before
+    segmentation = KiMapLogic().proposeTumorRegion(volumes)
+    assert segmentation.GetSegmentation().GetNumberOfSegments() == 3
+    labels = sitk.GetArrayFromImage(tumour_labels(segmentation, volumes["t1c"])) > 0
+    reference = sitk.GetArrayFromImage(sitk.ReadImage(str(TCGA / "tumor_seg_fusion_mav.nii.gz"))) > 0
+    assert 2 * (labels & reference).sum() / (labels.sum() + reference.sum()) >= 0.80
 
 
 def test_load_map_refuses_a_summary_with_a_non_numeric_threshold(case_scene, probe, tmp_path):

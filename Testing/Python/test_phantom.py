@@ -14,7 +14,7 @@ from KiMapLib.errors import KiMapError
 from KiMapLib.inputs.biopsies import read_biopsies_csv
 from KiMapLib.inputs.geometry import nearest_voxel, same_grid
 from KiMapLib.phantom import INSTITUTIONS, SYNTHETIC_NOTICE, generate_cohort, generate_patient
-from KiMapLib.settings import SEQUENCES
+from KiMapLib.phantom.cohort import PHANTOM_SEQUENCES as SEQUENCES
 
 SEEDS = (11, 12, 13, 14)
 
@@ -132,7 +132,10 @@ def test_cohort_files_are_complete_and_byte_identical_on_rerun(tmp_path):
     names = sorted(p.relative_to(tmp_path / "a").as_posix() for p in (tmp_path / "a").rglob("*") if p.is_file())
     files = ("t1c.nrrd", "t2.nrrd", "flair.nrrd", "adc.nrrd", "tumor_label.nrrd", "ki67_truth.nrrd", "biopsies.csv")
     expected = {f"SYN00{i}/{f}" for i in (1, 2) for f in files}
-    assert set(names) == expected | {"biopsies.csv", "cohort.json"}
+    assert set(names) == expected | {"biopsies.csv", "cohort.json", ".kimap-manifest.json"}
+    manifest = json.loads((tmp_path / "a" / ".kimap-manifest.json").read_text())
+    assert manifest["kind"] == "phantom cohort" and sorted(manifest["files"]) == sorted(set(names) - {
+        ".kimap-manifest.json"})
     for name in names:
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
     document = json.loads((tmp_path / "a" / "cohort.json").read_text(encoding="utf-8"))
@@ -150,7 +153,7 @@ def test_cohort_files_are_complete_and_byte_identical_on_rerun(tmp_path):
 
 def test_refuses_a_folder_that_is_not_a_cohort(tmp_path):
     (tmp_path / "keep.txt").write_text("mine")
-    with pytest.raises(KiMapError, match="not an earlier KiMap phantom cohort"):
+    with pytest.raises(KiMapError, match=r"is not empty and has no KiMap manifest .*: keep\.txt"):
         generate_cohort(tmp_path, 1, seed=0)
     assert (tmp_path / "keep.txt").read_text() == "mine"
     with pytest.raises(KiMapError):

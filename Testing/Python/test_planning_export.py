@@ -257,9 +257,15 @@ def test_failure_mid_export_leaves_earlier_export_intact(case, tmp_path, monkeyp
 def test_successful_reexport_replaces_whole_folder(case, tmp_path):
     out = tmp_path / "redo"
     shutil.copytree(case["out"], out)
-    (out / "nifti" / "stale.nii.gz").write_bytes(b"old")
+    (out / "nifti" / "stale.nii.gz").write_bytes(b"user's")  # not KiMap's: the export is refused, nothing removed
+    before = _snapshot(out)
+    with pytest.raises(KiMapError, match=r"holds files KiMap did not write .*: nifti/stale\.nii\.gz \(not KiMap's\)"):
+        planning_export.export_planning(case["root"] / "map", case["root"] / "t1c", out, formats=["nifti"])
+    assert _snapshot(out) == before
+    (out / "nifti" / "stale.nii.gz").unlink()
     planning_export.export_planning(case["root"] / "map", case["root"] / "t1c", out, formats=["nifti"])
-    assert not (out / "dicom").exists() and not (out / "nifti" / "stale.nii.gz").exists()
+    assert not (out / "dicom").exists() and sorted(p.name for p in out.iterdir()) == [
+        ".kimap-manifest.json", "export_report.json", "nifti"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["redo"]
 
 
@@ -309,7 +315,7 @@ def test_refuses_missing_map_and_foreign_out_dir(case, tmp_path):
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "plan.txt").write_text("keep me")
-    with pytest.raises(KiMapError, match="not an earlier KiMap export"):
+    with pytest.raises(KiMapError, match=r"foreign is not empty and has no KiMap manifest .*: plan\.txt"):
         planning_export.export_planning(case["root"] / "map", case["root"] / "t1c", foreign)
     assert (foreign / "plan.txt").read_text() == "keep me"
     with pytest.raises(KiMapError, match="unknown format"):

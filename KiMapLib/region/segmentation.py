@@ -1,15 +1,16 @@
 """Classical multi-sequence brain-tumour segmentation (no learning, no downloads).
 
-Input: skull-stripped, coregistered MRI (any of t1, t1c, t2, flair) on one grid, arrays z,y,x, with the
-left-right direction along array axis 2 (x), as after BraTS-style preprocessing.
+Input: skull-stripped, coregistered MRI (any of t1, t1c, t2, flair) on one grid, arrays z,y,x in LPS axis order
+(axis 2 runs right to left: the left-right mirror is along the last axis), background 0, a brain foreground.
 
-Method: robust z-scores of every sequence against normal-appearing brain; a hyperintensity score from
-FLAIR/T2 (CSF, T2-bright but FLAIR-dark, is suppressed by taking the FLAIR/T2 minimum); left-right asymmetry
-about an estimated mid-sagittal plane; seeds = hyperintense *and* asymmetric voxels away from the brain
-surface, components ranked by evidence (mean asymmetry x mean score x cube root of volume); hysteresis growth;
-enhancement = (t1c - t1) z-difference (or t1c z) that is asymmetric and adjacent to the lesion (label 3);
-necrosis = non-enhancing voxels enclosed by the (closed) enhancing rim (label 1); the rest oedema (label 2).
-Labels follow BraTS: 1 necrotic core, 2 oedema / non-enhancing, 3 enhancing.
+Method: robust z-scores of every sequence against normal-appearing brain; a hyperintensity score from FLAIR/T2
+(CSF, T2-bright but FLAIR-dark, is suppressed by the FLAIR/T2 minimum; with T2 alone, CSF-bright voxels and a
+partial-volume rim are suppressed); left-right asymmetry about an estimated mid-sagittal plane; seeds =
+hyperintense *and* asymmetric voxels away from the brain surface, ranked by evidence; hysteresis growth;
+enhancement = (t1c - t1) or t1c z that is asymmetric and adjacent to the lesion, plus weaker ring walls (label 3);
+necrotic core = the whole t1c-dark, fluid-like cavity next to the enhancement and what the ring encloses (label 1);
+the rest oedema / non-enhancing (label 2). Labels follow BraTS: 1 necrotic core, 2 oedema / non-enhancing,
+3 enhancing.
 """
 
 from __future__ import annotations
@@ -42,9 +43,18 @@ DEFAULTS: dict[str, float] = {
     "enh_near_fraction": 0.5,  # enhancing component kept when this fraction is adjacent
     "min_enh_ml": 0.2,  # enhancing components smaller than this are dropped (vessels)
     "open_mm": 1.5,  # opening radius of seeds and growth mask (cuts thin sulcal CSF)
-    "core_t2_z": 2.0,  # fluid-like core: t2 z above and asymmetric (else t1c z below core_t1c_z)
-    "core_t1c_z": -1.0,
-    "core_flair_z": -1.5,  # fluid-like core: FLAIR not suppressed like CSF (z above)
+    "fluid_t2_z": 7.0,  # T2 without FLAIR: T2 z above this is CSF-like fluid, suppressed with a rim of
+    "fluid_rim_mm": 2.0,
+    "core_t1c_z": -1.0,  # cavity / necrotic core: t1c z below this and below the lesion's median minus ...
+    "core_t1c_drop": 1.0,  # ... this, and ...
+    "core_t2_z": 2.0,  # ... t2 z above, or
+    "core_mismatch_z": 3.0,  # ... t2 z minus FLAIR z above (partially suppressed fluid), and
+    "core_flair_z": -1.5,  # ... FLAIR not suppressed like CSF (z above)
+    "core_search_mm": 30.0,  # cavity components are looked for within this margin around the tumour
+    "core_touch_mm": 3.0,  # cavity component becomes necrotic core when within this distance of enhancement
+    "wall_mm": 4.0,  # thin ring walls: shell of the necrotic core in which voxels connected to the enhancement ...
+    "wall_enh_z": 0.5,  # ... with enhancement z above and
+    "wall_t1c_z": 0.0,  # ... t1c z above count as enhancing
     "core_enclosed": 0.3,  # fluid component joins the tumour when this fraction of its shell is tumour
     "close_mm": 3.0,  # closing radius of the enhancing rim before hole filling (necrosis)
     "min_volume_ml": 1.0,  # plausibility: whole tumour at least
@@ -70,11 +80,11 @@ class Segmentation:
 def robust_z(img: np.ndarray, mask: np.ndarray, outlier: float = 3.0, iterations: int = 3) -> np.ndarray:
     """Z-score against normal-appearing brain: median/MAD of the mask, iteratively excluding |z| > outlier."""
     vals = img[mask].astype(np.float64)
-    sel = vals
+    sel = vals[:: max(1, vals.size // 200000)]  # the statistics from a subsample (fast, plenty)
     for _ in range(max(1, int(iterations))):
         med = float(np.median(sel))
         mad = 1.4826 * float(np.median(np.abs(sel - med))) or float(np.std(sel)) or 1.0
-        sel = vals[np.abs(vals - med) <= outlier * mad]
+        sel = sel[np.abs(sel - med) <= outlier * mad]
     z = np.zeros(img.shape, np.float32)
     z[mask] = (vals - med) / mad
     return z
@@ -87,23 +97,37 @@ def _ball(radius_mm: float, spacing_zyx: np.ndarray) -> np.ndarray:
     return sum((gi * s / radius_mm) ** 2 for gi, s in zip(g, spacing_zyx, strict=True)) <= 1.0
 
 
+def _box(mask: np.ndarray, margin: np.ndarray) -> tuple[slice, ...]:
+    """Bounding box of a mask plus a margin (voxels per axis)."""
+    idx = np.nonzero(mask)
+    return tuple(
+        slice(max(0, int(i.min()) - m), min(n, int(i.max()) + m + 1))
+        for i, m, n in zip(idx, margin, mask.shape, strict=True)
+    )
+
+
 def _dilate(mask: np.ndarray, mm: float, sp: np.ndarray) -> np.ndarray:
     """Dilation by a ball of radius mm (Euclidean distance, computed on the mask's bounding box + margin)."""
     out = np.zeros(mask.shape, bool)
     if not mask.any():
         return out
-    m = np.ceil(mm / sp).astype(int) + 1
-    box = []
-    for ax in range(3):
-        idx = np.nonzero(mask.any(axis=tuple(a for a in range(3) if a != ax)))[0]
-        box.append(slice(max(0, idx[0] - m[ax]), min(mask.shape[ax], idx[-1] + m[ax] + 1)))
-    box_t = tuple(box)
-    out[box_t] = ndi.distance_transform_edt(~mask[box_t], sampling=sp) <= mm
+    box = _box(mask, np.ceil(mm / sp).astype(int) + 1)
+    out[box] = ndi.distance_transform_edt(~mask[box], sampling=sp) <= mm
     return out
 
 
-def _erode(mask: np.ndarray, mm: float, sp: np.ndarray) -> np.ndarray:
-    return ~_dilate(~mask, mm, sp) if (~mask).any() else mask.copy()
+def _erode(mask: np.ndarray, mm: float, sp: np.ndarray, step: int = 1) -> np.ndarray:
+    """Erosion by a ball of radius mm (on the bounding box + 1; on every step-th voxel for a coarse, fast one)."""
+    out = np.zeros(mask.shape, bool)
+    if not mask.any():
+        return out
+    box = _box(mask, np.ones(3, int))
+    m = mask[box][::step, ::step, ::step]
+    d = ndi.distance_transform_edt(m, sampling=sp * step) > mm
+    for ax in range(3):
+        d = np.repeat(d, step, axis=ax)
+    out[box] = d[tuple(slice(0, n) for n in out[box].shape)] & mask[box]
+    return out
 
 
 def _mirror(a: np.ndarray, shift: int) -> np.ndarray:
@@ -136,26 +160,35 @@ def _fill_holes(mask: np.ndarray) -> np.ndarray:
     out = mask.copy()
     if not mask.any():
         return out
-    box = tuple(slice(max(0, i.min() - 1), i.max() + 2) for i in np.nonzero(mask))
+    box = _box(mask, np.ones(3, int))
     m = mask[box]
     f = ndi.binary_fill_holes(m)
-    for ax in range(3):
-        for i in range(m.shape[ax]):
-            sl = [slice(None)] * 3
-            sl[ax] = i
-            f[tuple(sl)] |= ndi.binary_fill_holes(m[tuple(sl)])
+    for ax in range(3):  # one labelling per axis with in-plane connectivity = every slice at once
+        st = np.zeros((3, 3, 3), bool)
+        st[tuple(1 if a == ax else slice(None) for a in range(3))] = ndi.generate_binary_structure(2, 1)
+        lab, _ = ndi.label(~m, st)
+        edge = np.zeros(m.shape, bool)
+        for a in range(3):
+            if a != ax:
+                edge[tuple(slice(None) if b != a else [0, -1] for b in range(3))] = True
+        f |= ~np.isin(lab, np.unique(lab[edge]))
     out[box] = f
     return out
+
+
+def _means(values: np.ndarray, lab: np.ndarray, n: int) -> np.ndarray:
+    """Mean of values in components 1..n (bincount: faster than ndimage.mean)."""
+    count = np.bincount(lab.ravel(), minlength=n + 1)[1:]
+    return np.bincount(lab.ravel(), values.ravel().astype(np.float64), minlength=n + 1)[1:] / np.maximum(count, 1)
 
 
 def segment_tumour(
     images: dict[str, np.ndarray],
     spacing: tuple[float, float, float],
     foreground: np.ndarray | None = None,
-    allow_t1c_only: bool = False,
     params: dict[str, float] | None = None,
 ) -> Segmentation:
-    """Segment a brain tumour into BraTS labels; spacing is (x, y, z) mm as SimpleITK gives."""
+    """Segment a brain tumour into BraTS labels; arrays z,y,x in LPS axis order, spacing (x, y, z) mm."""
     p = {**DEFAULTS, **(params or {})}
     seqs = [s for s in SEQUENCES if s in images]
     if not seqs:
@@ -179,7 +212,7 @@ def segment_tumour(
     fg = ndi.binary_fill_holes(fg[box_t])
     shape = fg.shape
     problems: list[str] = []
-    method = {"name": "kimap-classical-asymmetry-v1", "sequences": seqs, "allow_t1c_only": allow_t1c_only, **p}
+    method = {"name": "kimap-classical-asymmetry-v2", "sequences": seqs, **p}
 
     z = {
         s: robust_z(np.asarray(images[s][box_t], np.float32), fg, p["z_outlier"], int(p["z_iterations"])) for s in seqs
@@ -190,9 +223,11 @@ def segment_tumour(
     # hyperintensity score: FLAIR and T2 jointly (min suppresses CSF), else whichever is there
     if "flair" in zs and "t2" in zs:
         score, score_from = np.minimum(zs["flair"], zs["t2"]), "min(flair, t2)"
-    elif "flair" in zs or "t2" in zs:
-        score_from = "flair" if "flair" in zs else "t2"
-        score = zs[score_from].copy()
+    elif "flair" in zs:
+        score, score_from = zs["flair"].copy(), "flair"
+    elif "t2" in zs:  # no FLAIR: suppress CSF ourselves (fluid-bright voxels and their partial-volume rim)
+        fluid_t2 = _dilate(z["t2"] > p["fluid_t2_z"], p["fluid_rim_mm"], sp)
+        score, score_from = np.where(fluid_t2, -1.0, zs["t2"]).astype(np.float32), "t2 (fluid suppressed)"
     else:
         score, score_from = np.zeros(shape, np.float32), "none"
     score[~fg] = 0
@@ -204,14 +239,14 @@ def segment_tumour(
 
     # mid-sagittal plane
     ref = "flair" if "flair" in z else ("t2" if "t2" in z else seqs[0])
-    shift, mid_corr = estimate_midline(ndi.gaussian_filter(z[ref], 2.0 / sp), fg, search)
+    shift, mid_corr = estimate_midline(zs[ref], fg, search)
     asig = p["asym_smooth_mm"] / sp
 
     def asym(a: np.ndarray) -> np.ndarray:
         b = ndi.gaussian_filter(a, asig)
         return b - _mirror(b, shift)
 
-    inner = _erode(fg, p["rim_mm"], sp)
+    inner = _erode(fg, p["rim_mm"], sp, step=2)
     lesion = np.zeros(shape, bool)
     a_score = asym(score)
     mad = 1.4826 * float(np.median(np.abs(a_score[fg]))) or 1.0
@@ -223,8 +258,8 @@ def segment_tumour(
         best: list[tuple[float, int]] = []
         if n:
             idx = np.arange(1, n + 1)
-            vol = ndi.sum(seeds, lab, idx) * vox_ml
-            ev = ndi.mean(a_score, lab, idx) * ndi.mean(score, lab, idx) * np.cbrt(vol)
+            vol = np.bincount(lab.ravel(), minlength=n + 1)[1:] * vox_ml
+            ev = _means(a_score, lab, n) * _means(score, lab, n) * np.cbrt(vol)
             best = [(float(e), int(i)) for e, i, v in zip(ev, idx, vol, strict=True) if v >= p["min_seed_ml"]]
         if best:
             top = max(e for e, _ in best)
@@ -245,55 +280,69 @@ def segment_tumour(
         lab, n = _components((enh > p["enh_grow_z"]) & bright & fg)
         cand = np.isin(lab, np.unique(lab[strong])) & (lab > 0)
         slab, ns = _components(strong)
-        svol = ndi.sum(strong, slab, np.arange(1, ns + 1)) * vox_ml if ns else np.zeros(0)
+        svol = np.bincount(slab.ravel(), minlength=ns + 1)[1:] * vox_ml
         lab, n = _components(cand)
         if n:
             idx = np.arange(1, n + 1)
-            vol = ndi.sum(cand, lab, idx) * vox_ml
+            vol = np.bincount(lab.ravel(), minlength=n + 1)[1:] * vox_ml
             cand = np.isin(lab, idx[vol >= p["min_enh_ml"]])
             enh_candidate_ml = float(cand.sum() * vox_ml)
             if score_from == "none":
                 enhancing = cand
             elif lesion.any():
                 near = _dilate(lesion, p["enh_adjacent_mm"], sp)
-                frac = ndi.mean(near, lab, idx)
+                frac = _means(near, lab, n)
                 enhancing = cand & np.isin(lab, idx[frac >= p["enh_near_fraction"]])
             enh_adjacent_ml = float(enhancing.sum() * vox_ml)
         if svol.size and svol.max() >= 1.0 and lesion.any():  # largest asymmetric enhancement away from lesion?
             biggest = slab == int(np.argmax(svol)) + 1
             enh_far = not (biggest & _dilate(lesion, p["enh_adjacent_mm"], sp)).any()
 
-    # core (label 1): non-enhancing voxels enclosed by the closed enhancing rim, plus fluid-like (T2-bright or
-    # T1c-dark) components mostly enclosed by lesion/enhancement
+    # core (label 1): the whole fluid/necrotic cavity next to the enhancement: components of t1c-dark, fluid-like
+    # (T2-bright, FLAIR not CSF-dark, or T2-FLAIR mismatch) or in-lesion voxels, plus what the closed rim encloses
     necrotic = np.zeros(shape, bool)
     if enhancing.any():
         closed = _erode(_dilate(enhancing, p["close_mm"], sp), p["close_mm"], sp) | enhancing
         necrotic = _fill_holes(closed) & ~enhancing & fg
     tumour = lesion | enhancing | necrotic
-    if "t2" in zs:
-        fluid = (zs["t2"] > p["core_t2_z"]) & (asym(zs["t2"]) > p["seed_asym"] * mad)
-    elif "t1c" in zs:
-        fluid = (zs["t1c"] < p["core_t1c_z"]) & (asym(zs["t1c"]) < -p["seed_asym"] * mad)
-    else:
-        fluid = None
-    if fluid is not None and "t2" in zs and "t1c" in zs:
-        fluid &= zs["t1c"] < p["core_t1c_z"]
-    if fluid is not None and "flair" in zs:
-        fluid &= zs["flair"] > p["core_flair_z"]
+    cav = None
+    if "t1c" in zs:
+        lesion_t1c = float(np.median(zs["t1c"][lesion])) if lesion.any() else 0.0
+        dark = zs["t1c"] < min(p["core_t1c_z"], lesion_t1c - p["core_t1c_drop"])
+        if "t2" in zs and "flair" in zs:
+            fluid = (zs["t2"] - zs["flair"] > p["core_mismatch_z"]) | (zs["t2"] > p["core_t2_z"])
+            fluid &= zs["flair"] > p["core_flair_z"]
+        elif "t2" in zs:  # no FLAIR: only asymmetric fluid, enclosed by the tumour (CSF is bright too)
+            fluid = (zs["t2"] > p["fluid_t2_z"]) & (asym(zs["t2"]) > p["seed_asym"] * mad)
+        elif "flair" in zs:
+            fluid = zs["flair"] > p["core_flair_z"]
+        else:
+            fluid = asym(zs["t1c"]) < -p["seed_asym"] * mad
+        cav = dark & (fluid | lesion)
+    elif "t2" in zs:
+        cav = (zs["t2"] > p["core_t2_z"]) & (asym(zs["t2"]) > p["seed_asym"] * mad)
     core_extra = np.zeros(shape, bool)
-    if fluid is not None and tumour.any():
-        cand = fluid & fg & ~enhancing & ~necrotic & _dilate(tumour, 30.0, sp)
+    if cav is not None and tumour.any():
+        near = np.zeros(shape, bool)
+        near[_box(tumour, np.ceil(p["core_search_mm"] / sp).astype(int))] = True
+        cand = cav & fg & ~enhancing & ~necrotic & near
         lab, n = _components(cand)
         if n:
             shell = ndi.binary_dilation(cand) & ~cand
             owner = np.where(shell, ndi.grey_dilation(lab, size=(3, 3, 3)), 0)
-            enclosed = ndi.mean(tumour, owner, np.arange(1, n + 1))
+            enclosed = _means(tumour, owner, n)
             core_extra = np.isin(lab, np.nonzero(enclosed >= p["core_enclosed"])[0] + 1)
-    touching = _dilate(enhancing, 2.0, sp) if enhancing.any() else np.zeros(shape, bool)
-    lab, n = _components(core_extra)
-    core_enh = np.isin(lab, np.unique(lab[touching])) & (lab > 0)
-    necrotic |= core_enh
-    lesion |= core_extra & ~core_enh
+    if enhancing.any() and core_extra.any():
+        lab, n = _components(core_extra)
+        core_enh = np.isin(lab, np.unique(lab[_dilate(enhancing, p["core_touch_mm"], sp)])) & (lab > 0)
+        necrotic |= core_enh
+        # thin (inner/anterior) walls of the ring: weaker enhancement in the cavity's shell
+        wall = _dilate(necrotic, p["wall_mm"], sp) & ~necrotic & (lesion | core_extra)
+        wall &= (enh > p["wall_enh_z"]) & (zs["t1c"] > p["wall_t1c_z"])
+        lab, _ = _components(wall | enhancing)  # hysteresis: weak wall voxels connected to the enhancement
+        enhancing = np.isin(lab, np.unique(lab[enhancing])) & (lab > 0)
+        necrotic = (necrotic | (_fill_holes(necrotic | enhancing) & (lesion | core_extra))) & ~enhancing
+    lesion |= core_extra
 
     labels_c = np.zeros(shape, np.uint8)
     labels_c[lesion] = 2
@@ -311,7 +360,7 @@ def segment_tumour(
     mean_asym = float(a_score[whole].mean()) if whole.any() and score_from != "none" else 0.0
     agree = {}
     for s in seqs:
-        d = asym(z[s])[whole] if whole.any() else np.zeros(1)
+        d = (z[s] - _mirror(z[s], shift))[whole] if whole.any() else np.zeros(1)
         med = float(np.median(d))
         agree[s] = {
             "median_asym": round(med, 2),
@@ -334,23 +383,26 @@ def segment_tumour(
         "roles": {"lesion_score": score_from, "enhancement": enh_from, "midline": ref},
     }
 
-    # plausibility
-    if seqs == ["t1c"] and not allow_t1c_only:
-        problems.append("Only T1c given: oedema cannot be seen and enhancement alone is unreliable.")
+    # plausibility: short lower-case fragments (the caller joins them with "; ")
+    if "t1c" in seqs and not {"t2", "flair"} & set(seqs):
+        problems.append(
+            f"only {' and '.join(seqs[::-1])} given: oedema is invisible and enhancement alone is unreliable"
+        )
+    max_ml = min(p["max_volume_ml"], p["max_brain_fraction"] * brain_ml)
     if whole_ml < p["min_volume_ml"]:
-        problems.append(f"Tumour volume {whole_ml:.1f} ml is below {p['min_volume_ml']} ml (no lesion found).")
-    if whole_ml > min(p["max_volume_ml"], p["max_brain_fraction"] * brain_ml):
-        problems.append(f"Tumour volume {whole_ml:.0f} ml is implausibly large.")
+        problems.append(f"no lesion found ({whole_ml:.1f} ml < {p['min_volume_ml']:g} ml)")
+    if whole_ml > max_ml:
+        problems.append(f"implausibly large ({whole_ml:.0f} ml > {max_ml:.0f} ml)")
     if whole.any() and rim_frac > p["max_rim_fraction"]:
-        problems.append(f"{rim_frac:.0%} of the tumour lies on the brain-surface rim.")
-    if whole.any() and (
-        mirror_dice > p["max_mirror_dice"] or (score_from != "none" and mean_asym < p["min_asymmetry"])
-    ):
-        problems.append("The segmentation is nearly symmetric about the midline (likely normal anatomy).")
+        problems.append(f"mostly on the brain surface ({rim_frac:.0%} within {p['rim_mm']:g} mm of it)")
+    if whole.any() and mirror_dice > p["max_mirror_dice"]:
+        problems.append(f"nearly symmetric about the midline (mirror Dice {mirror_dice:.2f}): likely normal anatomy")
+    elif whole.any() and score_from != "none" and mean_asym < p["min_asymmetry"]:
+        problems.append(f"hardly asymmetric ({mean_asym:.1f} < {p['min_asymmetry']:g}): likely normal anatomy")
     if enh_far:
-        problems.append("Most asymmetric enhancement is not adjacent to the FLAIR/T2 lesion.")
+        problems.append("most asymmetric enhancement lies away from the flair/t2 lesion")
     if whole.any() and n_agree < min(2, len(seqs)):
-        problems.append(f"Only {n_agree} of {len(seqs)} sequences show the lesion as asymmetric.")
+        problems.append(f"only {n_agree} of {len(seqs)} sequences show the lesion as asymmetric")
     if mid_corr < p["min_midline_corr"]:
-        problems.append(f"Mid-sagittal plane not found reliably (mirror correlation {mid_corr:.2f}).")
+        problems.append(f"mid-sagittal plane not found (mirror correlation {mid_corr:.2f} < {p['min_midline_corr']:g})")
     return Segmentation(labels=labels, qc=qc, method=method, problems=problems)

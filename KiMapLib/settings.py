@@ -4,10 +4,22 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+from KiMapLib.errors import KiMapError
+
 #: Sequences KiMap reads: t1c (post-contrast T1, the reference grid), T2, FLAIR, ADC and t1 (pre-contrast T1).
 #: Every given sequence is kept for the tumour region and quality checks; a model uses those in its card.
 SEQUENCES = ("t1c", "t2", "flair", "adc", "t1")
 FEATURE_CLASSES = ("firstorder", "glcm", "glrlm", "glszm", "gldm", "ngtdm")
+
+#: Allowed range (low, high) of each number; ``min_ball_fraction`` excludes its low end. The model card schema
+#: (Resources/model_card.schema.json) carries the same bounds (a test checks that they agree).
+BOUNDS = {"ball_radius_mm": (0.5, 50.0), "bin_width": (0.5, 1000.0), "normalize_scale": (1.0, 1000.0),
+          "min_ball_fraction": (0.0, 1.0)}
+#: At most this many grey levels per standard deviation (``normalize_scale / bin_width``): finer bins make texture
+#: matrices that do not fit in memory (bin width 1e-9 would need terabytes).
+MAX_BINS_PER_SD = 200.0
+#: The pyradiomics settings a model may add to KiMap's (binning and resampling are KiMap's own settings).
+PYRADIOMICS_EXTRA_KEYS = ("voxelArrayShift", "symmetricalGLCM", "weightingNorm", "gldm_a", "distances")
 
 
 @dataclass(frozen=True)
@@ -43,6 +55,30 @@ class ExtractionSettings:
         }
         settings.update(self.pyradiomics_extra)
         return settings
+
+    def check(self, input_name: str = "extraction settings") -> None:
+        """Raise KiMapError naming the first setting outside its bounds (before any computation)."""
+        for name, (low, high) in BOUNDS.items():
+            value = getattr(self, name)
+            inside = isinstance(value, int | float) and not isinstance(value, bool) and (
+                low < value <= high if name == "min_ball_fraction" else low <= value <= high)
+            if not inside:
+                raise KiMapError(f"{name} {value!r} is outside {'(' if name == 'min_ball_fraction' else '['}"
+                                 f"{low:g}, {high:g}]", input_name=f"{input_name}: {name}")
+        if self.normalize_scale / self.bin_width > MAX_BINS_PER_SD:
+            raise KiMapError(f"bin_width {self.bin_width:g} gives more than {MAX_BINS_PER_SD:g} grey levels per "
+                             f"standard deviation (normalize_scale {self.normalize_scale:g})",
+                             input_name=f"{input_name}: bin_width",
+                             hint=f"use bin_width >= {self.normalize_scale / MAX_BINS_PER_SD:g}")
+        unknown = sorted(set(self.feature_classes) - set(FEATURE_CLASSES))
+        if unknown or not self.feature_classes:
+            raise KiMapError(f"unknown feature class(es) {', '.join(unknown) or '(none given)'}",
+                             input_name=f"{input_name}: feature_classes", hint=f"use {', '.join(FEATURE_CLASSES)}")
+        extra = sorted(set(self.pyradiomics_extra) - set(PYRADIOMICS_EXTRA_KEYS))
+        if extra:
+            raise KiMapError(f"pyradiomics setting(s) {', '.join(map(str, extra))} may not be changed",
+                             input_name=f"{input_name}: pyradiomics_extra",
+                             hint=f"only {', '.join(PYRADIOMICS_EXTRA_KEYS)}")
 
     def to_dict(self) -> dict:
         data = asdict(self)

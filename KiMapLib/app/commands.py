@@ -115,7 +115,10 @@ def _check_volumes(volumes: dict[str, Path], settings: ExtractionSettings, patie
 
 
 def _settings(args: argparse.Namespace) -> ExtractionSettings:
-    return ExtractionSettings(ball_radius_mm=args.radius, bin_width=args.bin_width)
+    """The extraction settings of the command line, within the model card's bounds (checked before any work)."""
+    settings = ExtractionSettings(ball_radius_mm=args.radius, bin_width=args.bin_width)
+    settings.check("--radius/--bin-width")
+    return settings
 
 
 def extract_patient(volumes: dict[str, Path], biopsies: list[Biopsy], settings: ExtractionSettings,

@@ -20,6 +20,7 @@ from KiMapLib import __version__
 from KiMapLib.atomic import atomic_directory
 from KiMapLib.errors import GeometryError, KiMapError
 from KiMapLib.inputs.geometry import grid_description, same_grid
+from KiMapLib.maps.summary import read_summary
 from KiMapLib.outputs import check_output_folder
 from KiMapLib.progress import ProgressCallback, report
 
@@ -107,11 +108,7 @@ def load_map(map_dir: str | Path) -> dict:
         if not same_grid(image, ki67, GRID_MATCH_MM):
             raise GeometryError(f"grid {grid_description(image)} differs from {MAP_FILE}'s {grid_description(ki67)}",
                                 input_name=name)
-    summary_path = map_dir / SUMMARY_FILE
-    try:
-        summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
-    except (OSError, ValueError):
-        raise KiMapError(f"{SUMMARY_FILE} is not valid JSON", input_name="--map") from None
+    summary = read_summary(map_dir / SUMMARY_FILE, "--map")
     return {
         "image": sitk.Cast(ki67, sitk.sitkFloat32),
         "probability_image": sitk.Cast(probability, sitk.sitkFloat32),
@@ -209,7 +206,7 @@ def export_planning(
     _, datasets, geometry = series_datasets(reference_dir, name=f"--reference-dicom {reference_dir.name}")
     reference = reference_grid(geometry)
     check_reference(map_data, datasets, reference, reference_dir)
-    threshold = float(map_data["summary"].get("threshold_percent", 20.0))
+    threshold = float(map_data["summary"].get("threshold_percent") or 20.0)  # checked by read_summary
 
     region = map_data["region"]
     rois = []

@@ -1,8 +1,9 @@
 """Model bundles: a skops file (scikit-learn pipeline) plus a JSON model card that pins its sha256.
 
-Loading never unpickles: skops loads only an allow-list of scikit-learn/numpy types, and the file must match
-the sha256 in its card, the card must match its JSON schema, and the feature list inside the file must
-match the card's.
+Loading never unpickles. The card must match its JSON schema (every field KiMap reads typed and bounded), the file
+the sha256 in its card; every node of the file must be on KiMap's own allow-list before skops builds anything
+(:mod:`~KiMapLib.model.skops_audit`), and the built pipeline must have KiMap's structure and the card's feature list
+before its first prediction (:mod:`~KiMapLib.model.pipeline_check`). README "Threat model" lists what may be in it.
 """
 
 from __future__ import annotations
@@ -10,8 +11,8 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import math
 import threading
-import zipfile
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,63 +20,24 @@ from pathlib import Path
 import numpy as np
 
 from KiMapLib.atomic import atomic_directory
-from KiMapLib.errors import ModelError
+from KiMapLib.errors import KiMapError, ModelError
 from KiMapLib.model.design import design_matrix
+from KiMapLib.model.pipeline_check import check_pipeline
+from KiMapLib.model.skops_audit import audit_model_file
 from KiMapLib.resources import models_dir, resources_dir
-from KiMapLib.settings import ExtractionSettings
+from KiMapLib.settings import SEQUENCES, ExtractionSettings
 
 MODEL_FILE = "model.skops"
 CARD_FILE = "model_card.json"
 RESEARCH_NOTICE = ("Research use only. Not a medical device. Trained on synthetic phantom data unless the card "
                    "says otherwise; no clinical validity is claimed.")
 
-#: The only types a KiMap model file may contain (anything else is refused before loading).
-TRUSTED_TYPES = frozenset({
-    "sklearn.pipeline.Pipeline",
-    "sklearn.impute._base.SimpleImputer",
-    "sklearn.feature_selection._variance_threshold.VarianceThreshold",
-    "sklearn.preprocessing._data.StandardScaler",
-    "sklearn.feature_selection._univariate_selection.SelectKBest",
-    "sklearn.feature_selection._univariate_selection.f_regression",
-    "sklearn.ensemble._forest.RandomForestRegressor",
-    "sklearn.ensemble._forest.ExtraTreesRegressor",
-    "sklearn.tree._classes.DecisionTreeRegressor",
-    "sklearn.tree._classes.ExtraTreeRegressor",
-    "sklearn.tree._tree.Tree",
-    "sklearn.linear_model._ridge.Ridge",
-    "numpy.dtype",
-    "numpy.ndarray",
-    "numpy.float64",
-    "numpy.int64",
-    "builtins.dict",
-    "builtins.list",
-    "builtins.tuple",
-    "builtins.str",
-    "builtins.int",
-    "builtins.float",
-    "builtins.bool",
-    "builtins.NoneType",
-    "builtins.slice",
-})
-
-
-def types_in_file(path: str | Path) -> set[str]:
-    """Every ``module.class`` named in a skops file's schema (read as JSON; nothing is instantiated)."""
-    found: set[str] = set()
-
-    def walk(node: object) -> None:
-        if isinstance(node, dict):
-            if "__module__" in node and "__class__" in node:
-                found.add(f"{node['__module__']}.{node['__class__']}")
-            for value in node.values():
-                walk(value)
-        elif isinstance(node, list):
-            for value in node:
-                walk(value)
-
-    with zipfile.ZipFile(path) as archive:
-        walk(json.loads(archive.read("schema.json")))
-    return found
+#: Largest card and model file KiMap reads (a 300-tree forest is about 10 MB).
+MAX_CARD_BYTES = 16 << 20
+MAX_MODEL_BYTES = 1 << 30
+#: Card lists of feature names (refusals name the offending entry in words, not the schema's pattern).
+FEATURE_LISTS = ("input_features", "radiomic_features", "used_features", "selected_columns")
+ESTIMATOR_CLASSES = {"ridge": "Ridge", "rf": "RandomForestRegressor"}
 
 
 def sha256_of(path: str | Path) -> str:
@@ -99,14 +61,76 @@ def _card_validator():
     return validator_for(schema)(schema)
 
 
+def _schema_message(error) -> str:
+    """One line for a schema violation: where in the card, and what is wrong (feature names in words)."""
+    path = list(error.absolute_path)
+    location = "/".join(str(p) for p in path) or "(top level)"
+    message = error.message
+    if path and path[0] in FEATURE_LISTS and len(path) == 2 and isinstance(error.instance, str):
+        covariate = " or a covariate (age, sex_female, tumor_recurrent)" if path[0] in (
+            "input_features", "selected_columns") else ""
+        message = (f"{error.instance[:100]!r} is not a feature name <sequence>_original_<class>_<Feature> "
+                   f"(sequence {', '.join(SEQUENCES)}; a pyradiomics class and one of its features){covariate}")
+    message = " ".join(message.split())
+    message = message if len(message) <= 300 else f"{message[:300]}..."
+    return f"model card does not match the KiMap schema at {location}: {message}"
+
+
+def _card_consistency(card: dict) -> str | None:
+    """What the schema cannot say: numbers are finite (NaN passes JSON Schema bounds), settings fit together, and
+    the feature lists agree with each other (None when all is well)."""
+    for section, key in (("target", "threshold_percent"), ("probability", "slope"), ("probability", "intercept")):
+        if not math.isfinite(card[section][key]):
+            return f"model card field {section}/{key} is {card[section][key]} (a finite number is needed)"
+    try:
+        ExtractionSettings.from_dict(card["extraction"]).check("extraction")
+    except KiMapError as error:
+        return f"model card does not fit KiMap's bounds at {error}"
+    inputs = set(card["input_features"])
+    known = set(card["radiomic_features"]) | set(card["covariates"]["numeric"])
+    outside = [name for name in card["input_features"] if name not in known]
+    if outside:
+        return f"model card: input feature {outside[0]} is neither in radiomic_features nor a covariate"
+    for name in card["used_features"]:
+        sequence, _, rest = name.partition("_original_")
+        if name not in inputs:
+            return f"model card: used feature {name} is not among input_features"
+        if sequence not in card["required_sequences"]:
+            return f"model card: used feature {name} needs {sequence}, which is not in required_sequences"
+        if rest.split("_", 1)[0] not in card["extraction"]["feature_classes"]:
+            return f"model card: used feature {name} is of a class outside extraction/feature_classes"
+    return None
+
+
 def validate_card(card: dict, where: str) -> None:
+    """The card matches KiMap's schema (types and bounds of every field KiMap reads) and its parts fit together."""
     from jsonschema.exceptions import best_match
 
     error = best_match(_card_validator().iter_errors(card))
     if error is not None:
-        location = "/".join(str(p) for p in error.absolute_path) or "(top level)"
-        raise ModelError(f"model card does not match the KiMap schema at {location}: {error.message}",
-                         input_name=where, hint="use a bundle written by `kimap train`")
+        raise ModelError(_schema_message(error), input_name=where, hint="use a bundle written by `kimap train`")
+    problem = _card_consistency(card)
+    if problem:
+        raise ModelError(problem, input_name=where, hint="use a bundle written by `kimap train`")
+
+
+def read_card(folder: Path, where: str) -> dict:
+    """The folder's model card, parsed and validated (one-line ModelError otherwise)."""
+    card_path = folder / CARD_FILE
+    if not card_path.is_file():
+        raise ModelError(f"no {CARD_FILE} in the model folder", input_name=where,
+                         hint="give a folder written by `kimap train`")
+    if card_path.stat().st_size > MAX_CARD_BYTES:
+        raise ModelError(f"{CARD_FILE} is larger than {MAX_CARD_BYTES >> 20} MB", input_name=where,
+                         hint="give a folder written by `kimap train`")
+    try:
+        card = json.loads(card_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise ModelError(f"{CARD_FILE} is not valid JSON ({error.msg})", input_name=where) from None
+    except (UnicodeDecodeError, RecursionError, OSError) as error:
+        raise ModelError(f"{CARD_FILE} cannot be read ({type(error).__name__})", input_name=where) from None
+    validate_card(card, where)
+    return card
 
 
 @dataclass
@@ -159,18 +183,22 @@ class KiMapModel:
 
 def save_bundle(pipeline: object, card: dict, out_dir: str | Path, extra_files: dict[str, bytes] | None = None
                 ) -> Path:
-    """Write ``model.skops`` and ``model_card.json`` (with the file's sha256) atomically into ``out_dir``."""
+    """Write ``model.skops`` and ``model_card.json`` (with the file's sha256) atomically into ``out_dir``; the
+    pipeline and the written file pass the same checks as a load (so every bundle written can be read back)."""
     from KiMapLib.model.skops_import import import_skops_io
 
     sio = import_skops_io()
+    content = {"pipeline": pipeline, "input_features": list(card["input_features"])}
+    check_pipeline(content, len(card["input_features"]), str(out_dir))
     with atomic_directory(out_dir, "model bundle") as staging:
-        sio.dump({"pipeline": pipeline, "input_features": list(card["input_features"])}, staging / MODEL_FILE)
+        sio.dump(content, staging / MODEL_FILE)
+        audit_model_file((staging / MODEL_FILE).read_bytes(), str(out_dir), MODEL_FILE)
         card = dict(card, model_file={"path": MODEL_FILE, "sha256": sha256_of(staging / MODEL_FILE),
                                       "format": "skops"})
         validate_card(card, str(out_dir))
         (staging / CARD_FILE).write_text(json.dumps(card, indent=2) + "\n")
-        for name, content in (extra_files or {}).items():
-            (staging / name).write_bytes(content)
+        for name, content_bytes in (extra_files or {}).items():
+            (staging / name).write_bytes(content_bytes)
     return Path(out_dir)
 
 
@@ -213,66 +241,65 @@ def packaged_model_dir(model_id: str | None = None) -> Path:
 
 def load_model(path: str | Path | None = None, background: bool = False,
                start_after: threading.Event | None = None) -> KiMapModel:
-    """Load and verify a bundle folder (or the packaged default). Raises ModelError naming the problem.
+    """Load and verify a bundle folder (or the packaged default). Raises one-line ModelError naming the problem.
 
-    ``background``: the card, the file's sha256 and its type allow-list are checked now, and the verified file is
-    read by skops in a background thread (importing skops takes a second or more); the first prediction waits for it.
-    That thread starts reading once ``start_after`` is set, if given (work that is needed sooner goes first)."""
+    Order: the card (schema: types and bounds) -> the model file's sha256 from the card -> every node of the file
+    against KiMap's allow-list (:mod:`~KiMapLib.model.skops_audit`) -> skops builds the objects, trusting exactly
+    the allow-listed types found -> the pipeline's structure (:mod:`~KiMapLib.model.pipeline_check`) -> predictions.
+    The file is read once; the same bytes are hashed, audited and loaded.
+
+    ``background``: everything up to the audit is done now, and skops builds the verified bytes in a background
+    thread (importing skops takes a second or more); the first prediction waits for it (and its structure check).
+    That thread starts once ``start_after`` is set, if given (work that is needed sooner goes first)."""
     entry = None
     if path is None:
         entry = next((e for e in registry() if e.get("default")), None)
     folder = Path(path) if path is not None else packaged_model_dir()
     where = str(folder)
-    card_path = folder / CARD_FILE
-    if not card_path.is_file():
-        raise ModelError(f"no {CARD_FILE} in the model folder", input_name=where,
-                         hint="give a folder written by `kimap train`")
-    try:
-        card = json.loads(card_path.read_text())
-    except json.JSONDecodeError as error:
-        raise ModelError(f"{CARD_FILE} is not valid JSON ({error.msg})", input_name=where) from None
-    validate_card(card, where)
+    card = read_card(folder, where)
     model_path = folder / card["model_file"]["path"]
     if not model_path.is_file():
         raise ModelError(f"model file {model_path.name} is missing", input_name=where)
     if entry is not None and entry.get("sha256") != card["model_file"]["sha256"]:
         raise ModelError("the packaged model card does not match Resources/Models.json (sha256)", input_name=where,
                          hint="reinstall KiMap or run `make model`")
-    if sha256_of(model_path) != card["model_file"]["sha256"]:
+    if model_path.stat().st_size > MAX_MODEL_BYTES:
+        raise ModelError(f"{model_path.name} is larger than {MAX_MODEL_BYTES >> 30} GiB", input_name=where,
+                         hint="only bundles written by `kimap train` can be loaded")
+    data = model_path.read_bytes()
+    if hashlib.sha256(data).hexdigest() != card["model_file"]["sha256"]:
         raise ModelError(f"{model_path.name} does not match the sha256 in its model card (modified or corrupted)",
                          input_name=where, hint="reinstall the model or retrain it; never load an unverified file")
-    try:
-        refused = sorted(types_in_file(model_path) - TRUSTED_TYPES)
-    except Exception as error:  # not a zip / no schema
-        raise ModelError(f"cannot read {model_path.name} ({type(error).__name__})", input_name=where) from None
-    if refused:
-        raise ModelError(f"model file contains types outside KiMap's allow-list: {', '.join(refused)}",
-                         input_name=where, hint="only bundles written by `kimap train` can be loaded")
+    trusted = audit_model_file(data, where, model_path.name)
     if background:
         loader = ThreadPoolExecutor(1, thread_name_prefix="kimap-model")
-        pipeline = loader.submit(_read_pipeline, model_path, card, where, start_after)
+        pipeline = loader.submit(_read_pipeline, data, trusted, model_path.name, card, where, start_after)
         loader.shutdown(wait=False)
     else:
-        pipeline = _read_pipeline(model_path, card, where)
+        pipeline = _read_pipeline(data, trusted, model_path.name, card, where)
     return KiMapModel(card=card, pipeline=pipeline, path=folder)
 
 
-def _read_pipeline(model_path: Path, card: dict, where: str, start_after: threading.Event | None = None) -> object:
-    """The fitted pipeline of a verified model file (skops, allow-listed types only), checked against its card."""
+def _read_pipeline(data: bytes, trusted: list[str], name: str, card: dict, where: str,
+                   start_after: threading.Event | None = None) -> object:
+    """The fitted pipeline of audited model bytes (skops trusting exactly ``trusted``), checked against its card."""
     if start_after is not None:
         start_after.wait()
     from KiMapLib.model.skops_import import import_skops_io
 
     sio = import_skops_io()
-
     try:
-        content = sio.load(model_path, trusted=sorted(sio.get_untrusted_types(file=model_path)))
+        content = sio.loads(data, trusted=trusted)
     except Exception as error:  # skops raises many types for a corrupt file
-        raise ModelError(f"cannot read {model_path.name} ({type(error).__name__})", input_name=where) from None
-    if list(content.get("input_features", [])) != list(card["input_features"]):
+        raise ModelError(f"cannot read {name} ({type(error).__name__})", input_name=where) from None
+    features = content.get("input_features") if isinstance(content, dict) else None
+    if features != list(card["input_features"]):
         raise ModelError("the feature list in the model file differs from its model card", input_name=where,
                          hint="the card and the model were not saved together; retrain")
-    pipeline = content["pipeline"]
-    if getattr(pipeline, "n_features_in_", len(card["input_features"])) != len(card["input_features"]):
-        raise ModelError("the model expects a different number of features than its card lists", input_name=where)
+    pipeline = check_pipeline(content, len(card["input_features"]), where, name)
+    expected = ESTIMATOR_CLASSES.get(card.get("estimator", {}).get("name"))
+    if expected and type(pipeline.steps[-1][1]).__name__ != expected:
+        raise ModelError(f"the model card says {card['estimator']['name']} but {name} holds a "
+                         f"{type(pipeline.steps[-1][1]).__name__}", input_name=where,
+                         hint="the card and the model were not saved together; retrain")
     return pipeline

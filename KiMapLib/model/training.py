@@ -18,7 +18,7 @@ from KiMapLib.errors import KiMapError
 from KiMapLib.model.bundle import RESEARCH_NOTICE
 from KiMapLib.model.design import DEFAULT_COVARIATES, design_matrix, radiomic_columns
 from KiMapLib.progress import ProgressCallback, report
-from KiMapLib.settings import SEQUENCES, ExtractionSettings
+from KiMapLib.settings import FEATURE_CLASSES, SEQUENCES, ExtractionSettings
 
 ESTIMATORS = ("rf", "ridge")
 
@@ -109,6 +109,25 @@ class TrainingResult:
     institutions: list[str] = field(default_factory=list)
 
 
+def check_feature_columns(columns: Sequence[str], settings: ExtractionSettings) -> None:
+    """Every radiomic column must be a feature KiMap computes (the model card's pattern) of a class in ``settings``:
+    a model on other columns could never be applied, so it is refused before training rather than at the save."""
+    import re
+
+    from KiMapLib.model.bundle import card_schema
+
+    pattern = re.compile(card_schema()["properties"]["used_features"]["items"]["pattern"])
+    for column in columns:
+        if not pattern.search(column):
+            raise KiMapError(f"column {column} is not a feature KiMap computes (<sequence>_original_<class>_<Feature>"
+                             f" with a sequence {'/'.join(SEQUENCES)} and a pyradiomics feature of "
+                             f"{', '.join(FEATURE_CLASSES)})", input_name="features table",
+                             hint="drop the column or make the table with `kimap extract`")
+        if column.split("_")[2] not in settings.feature_classes:
+            raise KiMapError(f"column {column} is of a feature class outside the extraction settings "
+                             f"({', '.join(settings.feature_classes)})", input_name="features table")
+
+
 def lopo_predictions(config: TrainingConfig, matrix: np.ndarray, target: np.ndarray, groups: np.ndarray,
                      progress: ProgressCallback | None = None) -> np.ndarray:
     """Out-of-fold predictions with each patient held out once (the pipeline refitted per fold)."""
@@ -153,6 +172,7 @@ def train(rows: Sequence[dict], config: TrainingConfig | None = None, *, setting
     config = config or TrainingConfig()
     config.check()
     settings = settings or ExtractionSettings()
+    settings.check()  # the card schema's bounds, before hours of validation rather than at the save
     rows = [row for row in rows if row.get(config.target) is not None]
     if not rows:
         raise KiMapError(f"no row has a measured '{config.target}'", input_name="features table")
@@ -164,6 +184,7 @@ def train(rows: Sequence[dict], config: TrainingConfig | None = None, *, setting
     if not radiomic:
         raise KiMapError("no radiomic feature columns (<sequence>_original_<class>_<feature>)",
                          input_name="features table", hint="make the table with `kimap extract`")
+    check_feature_columns(radiomic, settings)
     columns = radiomic + list(config.covariates)
     matrix = design_matrix(rows, columns)
     target = np.array([float(row[config.target]) for row in rows])

@@ -11,7 +11,8 @@ Console example (Slicer's Python console)::
     model = logic.loadModel()                      # the packaged model
     volumes = {"t1c": getNode("T1C"), "t2": getNode("T2"), "flair": getNode("FLAIR")}
     table = logic.predictBiopsies(volumes, getNode("Biopsies"), model)
-    ki67Node, probabilityNode = logic.computeMap(volumes, getNode("Tumor"), model)
+    tumour = logic.proposeTumorRegion(volumes)   # three editable segments; refused when not plausible
+    ki67Node, probabilityNode = logic.computeMap(volumes, tumour, model)
     logic.exportMap(ki67Node, "/tmp/kimap", probabilityNode=probabilityNode, tableNode=table)
 """
 

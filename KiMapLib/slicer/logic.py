@@ -25,6 +25,7 @@ import slicer
 from KiMapLib.atomic import atomic_directory
 from KiMapLib.errors import GeometryError, KiMapError
 from KiMapLib.inputs import geometry
+from KiMapLib.maps.summary import check_summary, read_summary
 from KiMapLib.outputs import check_output_folder
 from KiMapLib.progress import ProgressCallback, report, scaled
 from KiMapLib.slicer import loading
@@ -321,8 +322,7 @@ class KiMapLogic:
             if not geometry.same_grid(image, reference):
                 raise GeometryError("the map is not on this t1c volume's grid", input_name="map folder",
                                     hint="select the t1c the map was computed on")
-        summary_path = folder / "summary.json"
-        summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+        summary = read_summary(folder / "summary.json", "map folder")
         return self._writeMapNodes(t1cNode, images["ki67"], images["probability"], summary,
                                    str(summary.get("model_id", "")), None, None, lowerThreshold)
 
@@ -396,7 +396,11 @@ class KiMapLogic:
         region = geometry.copy_geometry(np.isfinite(sitk.GetArrayViewFromImage(ki67)).astype(np.uint8), ki67)
         t1c_node = self.scene.GetNodeByID(ki67Node.GetAttribute(ATTRIBUTE_T1C) or "")
         t1c = image_from_node(t1c_node, "t1c") if t1c_node is not None else None
-        summary = json.loads(ki67Node.GetAttribute(ATTRIBUTE_SUMMARY) or "{}")
+        try:
+            summary = check_summary(json.loads(ki67Node.GetAttribute(ATTRIBUTE_SUMMARY) or "{}"), "map")
+        except ValueError as error:
+            raise error if isinstance(error, KiMapError) else KiMapError(
+                f"the map's {ATTRIBUTE_SUMMARY} attribute is not valid JSON", input_name="map") from None
         summary["exported_from"] = "3D Slicer scene (KiMap module)"
         result = mapping.MapResult(ki67=ki67, probability=probability, region=region, t1c=t1c, summary=summary)
         if dicom:  # first, so that a reference series that does not fit the map stops the export early

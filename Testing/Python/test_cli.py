@@ -91,3 +91,16 @@ def test_map_bad_inputs_fail_cleanly_and_keep_the_earlier_map(tmp_path, case_dir
         one_error_line(capsys, f"kimap map: error: {message}")
         assert {p.name: p.read_bytes() for p in out.iterdir()} == snapshot
     assert sorted(p.name for p in tmp_path.iterdir()) == ["far.nrrd", "map", "nan.nrrd", "tampered"]
+
+
+@pytest.mark.parametrize("flag, value, named", [("--bin-width", "1e-9", "bin_width"), ("--radius", "200",
+                                                                                       "ball_radius_mm")])
+def test_extract_refuses_settings_outside_the_card_bounds_before_any_work(tmp_path, case_dir, capsys, flag, value,
+                                                                           named):
+    """A bin width of 1e-9 would need terabytes of texture matrices: refused in one line, nothing written."""
+    code = main(["extract", *volume_args(case_dir), "--biopsies", str(case_dir / "biopsies.csv"), flag, value,
+                 "--out", str(tmp_path / "table.csv")])
+    assert code != 0
+    line = one_error_line(capsys, f"kimap extract: error: --radius/--bin-width: {named}: {named} ")
+    assert "is outside" in line
+    assert list(tmp_path.iterdir()) == []

@@ -398,11 +398,11 @@ def test_train_from_db_and_map_a_manifest_cohort(clean_db, reference_table, coho
 
 
 def test_bad_manifest_is_one_clear_error_and_nothing_is_written(tmp_path, capsys):
-    (tmp_path / "manifest.csv").write_text("patient,sequence,path,biopsies\nP1,t1,/x.nrrd,\n")
+    (tmp_path / "manifest.csv").write_text("patient,sequence,path,biopsies\nP1,dwi,/x.nrrd,\n")
     db = tmp_path / "cohort.sqlite"
     assert main(["cohort", "import", "--manifest", str(tmp_path / "manifest.csv"), "--db", str(db)]) == 2
     (line,) = capsys.readouterr().err.strip().splitlines()
-    assert line.startswith("kimap cohort: error: --manifest: unknown sequence 't1' (manifest.csv line 2)")
+    assert line.startswith("kimap cohort: error: --manifest: unknown sequence 'dwi' (manifest.csv line 2)")
     (tmp_path / "manifest.csv").write_text("patient,sequence,path,biopsies\nP1,t1c,missing.nrrd,\n")
     assert main(["cohort", "import", "--manifest", str(tmp_path / "manifest.csv"), "--db", str(db)]) == 2
     assert "P1/t1c: file not found" in capsys.readouterr().err

@@ -1,4 +1,5 @@
-"""Model bundles load only when sha256, schema, trusted types and feature list all check out."""
+"""Model bundles load only when sha256, schema, trusted types and feature list all check out; the card schema types
+and bounds every field KiMap reads (hostile model files: test_hostile_bundles.py)."""
 
 import json
 import shutil
@@ -6,7 +7,7 @@ import shutil
 import pytest
 
 from KiMapLib.errors import ModelError
-from KiMapLib.model.bundle import load_model, save_bundle
+from KiMapLib.model.bundle import load_model
 
 
 @pytest.fixture
@@ -38,20 +39,6 @@ def test_card_with_another_feature_list_is_refused(bundle):
     (bundle / "model_card.json").write_text(json.dumps(card))
     with pytest.raises(ModelError, match="feature list in the model file differs from its model card"):
         load_model(bundle)
-
-
-def test_untrusted_types_are_refused_before_loading(tmp_path, tiny_model_dir):
-    from sklearn.dummy import DummyRegressor
-
-    model = load_model(tiny_model_dir)
-    sneaky = DummyRegressor()  # a harmless type that is not on KiMap's allow-list
-    model.pipeline.steps.append(("extra", sneaky))
-    try:
-        save_bundle(model.pipeline, model.card, tmp_path / "sneaky")
-    finally:
-        model.pipeline.steps.pop()
-    with pytest.raises(ModelError, match="types outside KiMap's allow-list: sklearn.dummy.DummyRegressor"):
-        load_model(tmp_path / "sneaky")
 
 
 def test_missing_folder_is_named(tmp_path):
@@ -140,3 +127,180 @@ def test_model_loads_the_same_in_the_kimap_process(bundle, tmp_path):
                                       text=True, check=True).stdout) for how in ("shared", "own")]
     assert runs[0][0] > 100 and runs[1][0] == 0
     np.testing.assert_array_equal(runs[0][1], runs[1][1])
+
+
+# -- the card: every field KiMap reads is typed and bounded ---------------------------------------------------------
+
+def edit_card(bundle, change) -> None:
+    card = json.loads((bundle / "model_card.json").read_text())
+    change(card)
+    (bundle / "model_card.json").write_text(json.dumps(card))
+
+
+def card_refusal(bundle, change) -> str:
+    edit_card(bundle, change)
+    with pytest.raises(ModelError) as caught:
+        load_model(bundle)
+    message = str(caught.value)
+    assert "\n" not in message and message.startswith(f"{bundle}: model card")
+    return message
+
+
+@pytest.mark.parametrize("field, value, expected", [
+    ("bin_width", 1e-9, "extraction/bin_width: 1e-09 is less than the minimum of 0.5"),
+    ("bin_width", "25", "extraction/bin_width: '25' is not of type 'number'"),
+    ("ball_radius_mm", 200, "extraction/ball_radius_mm: 200 is greater than the maximum of 50"),
+    ("min_ball_fraction", 0, "extraction/min_ball_fraction: 0 is less than or equal to the minimum of 0"),
+    ("min_ball_fraction", 1.5, "extraction/min_ball_fraction: 1.5 is greater than the maximum of 1"),
+    ("normalize_scale", None, "extraction/normalize_scale: None is not of type 'number'"),
+    ("normalization", "none", "extraction/normalization: 'none' is not one of ['zscore-within-foreground']"),
+    ("feature_classes", ["shape"], "extraction/feature_classes/0: 'shape' is not one of"),
+    ("pyradiomics_extra", {"binWidth": 1e-9}, "extraction/pyradiomics_extra: Additional properties are not allowed"),
+    ("resampledPixelSpacing", [0.01, 0.01, 0.01], "extraction: Additional properties are not allowed "
+                                                  "('resampledPixelSpacing' was unexpected)"),
+])
+def test_card_extraction_settings_are_bounded(bundle, field, value, expected):
+    message = card_refusal(bundle, lambda card: card["extraction"].__setitem__(field, value))
+    assert f"model card does not match the KiMap schema at {expected}" in message
+
+
+def test_too_many_grey_levels_per_standard_deviation_are_refused(bundle):
+    def change(card):
+        card["extraction"].update(normalize_scale=1000.0, bin_width=1.0)
+
+    assert "extraction: bin_width: bin_width 1 gives more than 200 grey levels per standard deviation" in \
+        card_refusal(bundle, change)
+
+
+@pytest.mark.parametrize("path, value, expected", [
+    (("target", "threshold_percent"), 150, "target/threshold_percent: 150 is greater than or equal to the maximum"),
+    (("target", "threshold_percent"), "20", "target/threshold_percent: '20' is not of type 'number'"),
+    (("probability", "intercept"), float("inf"), "probability/intercept: inf is greater than the maximum"),
+    (("model_file", "path"), "../model.skops", "model_file/path: '../model.skops' does not match"),
+    (("model_id",), 7, "model_id: 7 is not of type 'string'"),
+    (("required_sequences",), ["t1c", "dwi"], "required_sequences/1: 'dwi' is not one of"),
+    (("estimator", "name"), "svm", "estimator/name: 'svm' is not one of ['ridge', 'rf']"),
+])
+def test_card_fields_of_the_wrong_type_or_range_are_named(bundle, path, value, expected):
+    def change(card):
+        parent = card
+        for key in path[:-1]:
+            parent = parent[key]
+        parent[path[-1]] = value
+
+    assert f"model card does not match the KiMap schema at {expected}" in card_refusal(bundle, change)
+
+
+def test_a_feature_name_without_its_class_is_refused_naming_it(bundle):
+    def change(card):
+        card["input_features"][1] = "t1c_original_Mean"
+
+    message = card_refusal(bundle, change)
+    assert "at input_features/1: 't1c_original_Mean' is not a feature name <sequence>_original_<class>_<Feature>" \
+        in message
+
+    def used(card):
+        card["used_features"][0] = "t1c_original_glcm_NotAFeature"
+
+    assert "used_features/0: 't1c_original_glcm_NotAFeature' is not a feature name" in card_refusal(bundle, used)
+
+
+def test_card_lists_that_do_not_fit_together_are_refused(bundle):
+    card = json.loads((bundle / "model_card.json").read_text())
+    used = card["used_features"][0]
+
+    def unused_input(c):
+        c["input_features"].remove(used)
+
+    assert f"model card: used feature {used} is not among input_features" in card_refusal(bundle, unused_input)
+    edit_card(bundle, lambda c: c.__setitem__("input_features", card["input_features"]))
+    assert f"model card: used feature {used} is of a class outside extraction/feature_classes" in card_refusal(
+        bundle, lambda c: c["extraction"].__setitem__("feature_classes", ["ngtdm"] if "ngtdm" not in used else
+                                                      ["firstorder"]))
+    edit_card(bundle, lambda c: c.__setitem__("extraction", card["extraction"]))
+    missing = next(s for s in ("t2", "flair", "adc") if s not in card["required_sequences"])
+    assert f"needs {missing}, which is not in required_sequences" in card_refusal(
+        bundle, lambda c: c["used_features"].append(f"{missing}_original_glcm_Contrast"))
+
+
+@pytest.mark.parametrize("section, key", [("probability", "slope"), ("probability", "intercept"),
+                                          ("target", "threshold_percent")])
+def test_non_finite_card_numbers_are_refused(bundle, section, key):
+    """JSON Schema bounds let NaN through (every comparison with NaN is false); KiMap checks them itself."""
+    message = card_refusal(bundle, lambda card: card[section].__setitem__(key, float("nan")))
+    assert f"model card field {section}/{key} is nan (a finite number is needed)" in message
+
+
+def test_unknown_descriptive_fields_are_allowed_and_ignored(bundle):
+    import numpy as np
+
+    before = load_model(bundle)
+    edit_card(bundle, lambda card: card.update(notes="trained for the 2026 cohort", reviewer={"name": "A"}))
+    after = load_model(bundle)
+    matrix = np.zeros((2, len(before.input_features)))
+    np.testing.assert_array_equal(after.predict_matrix(matrix)[0], before.predict_matrix(matrix)[0])
+
+
+def test_unreadable_and_oversized_cards_are_one_line(bundle, monkeypatch):
+    from KiMapLib.model import bundle as bundle_module
+
+    (bundle / "model_card.json").write_bytes(b"\xff\xfe{")
+    with pytest.raises(ModelError, match="model_card.json cannot be read \\(UnicodeDecodeError\\)"):
+        load_model(bundle)
+    (bundle / "model_card.json").write_text("[" * 100_000)
+    with pytest.raises(ModelError, match="model_card.json cannot be read|not valid JSON"):
+        load_model(bundle)
+    monkeypatch.setattr(bundle_module, "MAX_CARD_BYTES", 10)
+    with pytest.raises(ModelError, match="model_card.json is larger than"):
+        load_model(bundle)
+
+
+def test_schema_bounds_agree_with_the_settings_and_the_feature_names():
+    import re
+
+    from KiMapLib.features.featuremaps.names import FEATURES
+    from KiMapLib.model.bundle import card_schema
+    from KiMapLib.model.design import COVARIATE_ENCODERS
+    from KiMapLib.settings import BOUNDS, FEATURE_CLASSES, PYRADIOMICS_EXTRA_KEYS, SEQUENCES, ExtractionSettings
+
+    schema = card_schema()["properties"]
+    extraction = schema["extraction"]["properties"]
+    for name, (low, high) in BOUNDS.items():
+        bound = extraction[name]
+        assert bound.get("minimum", bound.get("exclusiveMinimum")) == low and bound["maximum"] == high, name
+    assert "exclusiveMinimum" in extraction["min_ball_fraction"]
+    assert set(ExtractionSettings.__dataclass_fields__) | {"pyradiomics_version"} == set(extraction)
+    assert set(extraction["pyradiomics_extra"]["properties"]) == set(PYRADIOMICS_EXTRA_KEYS)
+    assert extraction["feature_classes"]["items"]["enum"] == list(FEATURE_CLASSES) == list(FEATURES)
+    assert schema["required_sequences"]["items"]["enum"] == list(SEQUENCES)
+    feature = re.compile(schema["used_features"]["items"]["pattern"])
+    names = [f"{s}_original_{c}_{f}" for s in SEQUENCES for c in FEATURES for f in FEATURES[c]]
+    assert all(feature.search(name) for name in names)
+    for wrong in ("t1c_original_Mean", "dwi_original_glcm_Contrast", "t1c_original_glcm_Contrastx",
+                  "t1c_original_shape_Sphericity", "t1c_wavelet-LLH_glcm_Contrast", "age"):
+        assert not feature.search(wrong), wrong
+    inputs = re.compile(schema["input_features"]["items"]["pattern"])
+    assert all(inputs.search(name) for name in [*names, *COVARIATE_ENCODERS])
+    assert schema["covariates"]["properties"]["numeric"]["items"]["enum"] == list(COVARIATE_ENCODERS)
+
+
+def test_every_card_field_the_code_reads_is_in_the_schema():
+    """Scan KiMapLib for card["a"]["b"] / card.get("a") reads; each path must be a schema property."""
+    import re
+    from pathlib import Path
+
+    from KiMapLib.model.bundle import card_schema
+
+    schema = card_schema()
+    reads = set()
+    for path in Path(__file__).resolve().parents[2].joinpath("KiMapLib").rglob("*.py"):
+        text = path.read_text()
+        for match in re.finditer(r'card(?:\["(\w+)"\]|\.get\("(\w+)")(?:\["(\w+)"\])?', text):
+            reads.add(tuple(part for part in (match[1] or match[2], match[3]) if part))
+    reads -= {("threshold_percent",), ("notice",), ("research_use_notice",)}  # Slicer's legacy fallbacks, not cards
+    assert ("extraction",) in reads and ("probability",) in reads and ("model_file", "sha256") in reads
+    for keys in sorted(reads):
+        node = schema
+        for key in keys:
+            assert key in node.get("properties", {}), f"card field {'/'.join(keys)} is not in the schema"
+            node = node["properties"][key]

@@ -554,3 +554,17 @@ def test_propose_tumor_region_on_real_mri_gives_editable_segments():
     labels = sitk.GetArrayFromImage(tumour_labels(segmentation, volumes["t1c"])) > 0
     reference = sitk.GetArrayFromImage(sitk.ReadImage(str(TCGA / "tumor_seg_fusion_mav.nii.gz"))) > 0
     assert 2 * (labels & reference).sum() / (labels.sum() + reference.sum()) >= 0.80
+
+
+def test_load_map_refuses_a_summary_with_a_non_numeric_threshold(case_scene, probe, tmp_path):
+    logic = KiMapLogic()
+    ki67_node, _ = logic.computeMap(volumes_of(case_scene), case_scene.label, probe)
+    folder = logic.exportMap(ki67_node, tmp_path, formats=("nrrd",))
+    loaded, _ = logic.loadMap(folder, case_scene.volumes["t1c"])
+    summary = json.loads((folder / "summary.json").read_text())
+    assert json.loads(loaded.GetAttribute("KiMap.Summary"))["model_id"] == summary["model_id"]
+    summary["threshold_percent"] = "twenty"
+    (folder / "summary.json").write_text(json.dumps(summary))
+    with pytest.raises(KiMapError, match=r"^map folder: summary.json field threshold_percent is 'twenty', not a "
+                                         r"number between 0 and 100"):
+        logic.loadMap(folder, case_scene.volumes["t1c"])

@@ -345,3 +345,29 @@ def test_contours_round_trip_on_hard_masks(case):
                     for points in lines]
         assert np.array_equal(rasterize_contours(contours, reference), mask), name
         assert np.array_equal(rasterize(contours, reference), mask), name
+
+
+@pytest.mark.parametrize("threshold", ["high", None, float("nan"), 250, True])
+def test_a_summary_with_a_bad_threshold_is_one_line(case, tmp_path, threshold):
+    """summary.json is read back for the threshold and the t1c identity: a hand-edited one is refused in one line
+    before anything is written."""
+    map_dir = tmp_path / "map"
+    shutil.copytree(case["root"] / "map", map_dir)
+    summary = json.loads((map_dir / "summary.json").read_text())
+    summary["threshold_percent"] = threshold
+    (map_dir / "summary.json").write_text(json.dumps(summary))
+    if threshold is None:  # no threshold is allowed (the default level names use 20 %)
+        planning_export.export_planning(map_dir, case["root"] / "t1c", tmp_path / "out")
+        return
+    with pytest.raises(KiMapError, match=r"^--map: summary.json field threshold_percent is .* not a number between "
+                                         r"0 and 100") as caught:
+        planning_export.export_planning(map_dir, case["root"] / "t1c", tmp_path / "out")
+    assert "\n" not in str(caught.value)
+    assert not (tmp_path / "out").exists()
+    summary["threshold_percent"], summary["t1c_source"] = 20.0, ["not", "a", "mapping"]
+    (map_dir / "summary.json").write_text(json.dumps(summary))
+    with pytest.raises(KiMapError, match="field t1c_source is not a mapping of texts"):
+        planning_export.export_planning(map_dir, case["root"] / "t1c", tmp_path / "out")
+    (map_dir / "summary.json").write_bytes(b"\xff[")
+    with pytest.raises(KiMapError, match="summary.json is not valid JSON"):
+        planning_export.export_planning(map_dir, case["root"] / "t1c", tmp_path / "out")

@@ -3,7 +3,10 @@
 import numpy as np
 import pytest
 
+from KiMapLib.features.featuremaps.names import FEATURES
 from KiMapLib.model.training import TrainingConfig, build_pipeline, lopo_predictions, regression_metrics, train
+
+FIRSTORDER = FEATURES["firstorder"]
 
 
 def identity_only_table(seed: int = 0, patients: int = 12, biopsies: int = 6) -> list[dict]:
@@ -16,7 +19,8 @@ def identity_only_table(seed: int = 0, patients: int = 12, biopsies: int = 6) ->
         for b in range(biopsies):
             row = {"patient_id": f"P{p}", "biopsy_id": f"B{b}", "ki67": level + rng.normal(0, 1),
                    "sex": "MF"[p % 2], "age": 50 + p, "tumor_type": "primary", "institution": "I"}
-            row.update({f"t1c_original_firstorder_F{n}": fingerprint[n] + rng.normal(0, 0.05) for n in range(10)})
+            row.update({f"t1c_original_firstorder_{name}": fingerprint[n] + rng.normal(0, 0.05)
+                        for n, name in enumerate(FIRSTORDER[:10])})
             rows.append(row)
     return rows
 
@@ -85,3 +89,34 @@ def test_card_and_probability_are_consistent(tiny_model_dir):
     assert set(model.used_features) <= set(model.card["radiomic_features"])
     probability = model.probability(np.array([0.0, 20.0, 60.0]))
     assert np.all(np.diff(probability) > 0) or np.all(np.diff(probability) < 0)
+
+
+@pytest.mark.parametrize("change, named", [({"bin_width": 1e-9}, "bin_width"), ({"min_ball_fraction": 0.0},
+                                                                                 "min_ball_fraction"),
+                                           ({"ball_radius_mm": 200.0}, "ball_radius_mm")])
+def test_settings_outside_the_card_bounds_are_refused_before_training(monkeypatch, change, named):
+    from KiMapLib.errors import KiMapError
+    from KiMapLib.model import training
+    from KiMapLib.settings import ExtractionSettings
+
+    def never(*args, **kwargs):
+        raise AssertionError("validation started")
+
+    monkeypatch.setattr(training, "lopo_predictions", never)
+    with pytest.raises(KiMapError, match=rf"^extraction settings: {named}: {named} .* is outside"):
+        train(identity_only_table(), TrainingConfig(), settings=ExtractionSettings(**change))
+
+
+@pytest.mark.parametrize("column, expected", [
+    ("t1c_original_firstorder_F0", "column t1c_original_firstorder_F0 is not a feature KiMap computes"),
+    ("t1c_original_shape_Sphericity", "column t1c_original_shape_Sphericity is not a feature KiMap computes"),
+    ("dwi_original_glcm_Contrast", "column dwi_original_glcm_Contrast is not a feature KiMap computes"),
+])
+def test_columns_kimap_cannot_compute_are_refused_before_training(monkeypatch, column, expected):
+    from KiMapLib.errors import KiMapError
+    from KiMapLib.model import training
+
+    monkeypatch.setattr(training, "lopo_predictions", lambda *a, **k: pytest.fail("validation started"))
+    rows = [dict(row, **{column: 1.0}) for row in identity_only_table()]
+    with pytest.raises(KiMapError, match=f"^features table: {expected}"):
+        train(rows, TrainingConfig())

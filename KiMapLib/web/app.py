@@ -192,13 +192,11 @@ class KiMapWebApp(TrameApp):
     async def upload_volumes(self, files: list[dict]) -> None:
         def run():
             folder = Path(tempfile.mkdtemp(dir=self._uploads))
-            nodes = {}
-            for path in sorted(write_client_files_to_dir(files, folder)):
-                node = self.logic.loadVolume(path)
-                nodes[self.session.assign(node) or node.GetName()] = node
-            self._adopt_volumes({k: v for k, v in nodes.items() if k in self.session.assignment})
+            nodes = [self.logic.loadVolume(path) for path in sorted(write_client_files_to_dir(files, folder))]
+            for node in nodes:
+                self.session.assign(node)  # by its name (t1c, T2, FLAIR, ADC, T1); change it in the table
             self._show_case()
-            return f"Loaded {', '.join(node.GetName() for node in nodes.values())}; check the sequence assignment."
+            return f"Loaded {', '.join(node.GetName() for node in nodes)}; check the sequence assignment."
 
         self._step("Load volume files", run)
 
@@ -298,8 +296,7 @@ class KiMapWebApp(TrameApp):
 
     def propose_region(self) -> None:
         def run():
-            region = self.logic.proposeTumorRegion(self.session.volume_nodes(), self.session.region()
-                                                   if self._is_segmentation(self.session.region()) else None)
+            region = self.logic.proposeTumorRegion(self.session.volume_nodes())  # a new node: nothing is overwritten
             self.session.region_id = region.GetID()
             self._show_case()
             return "Tumour region proposed: check and edit its segments (Segment editor) before mapping."
@@ -324,10 +321,6 @@ class KiMapWebApp(TrameApp):
     def set_segment_mapped(self, segment_id: str, mapped: bool) -> None:
         self.session.set_segment_mapped(segment_id, mapped)
         self.refresh()
-
-    @staticmethod
-    def _is_segmentation(node) -> bool:
-        return node is not None and node.IsA("vtkMRMLSegmentationNode")
 
     # -- biopsies -------------------------------------------------------------------------------------------------
 

@@ -2,9 +2,9 @@
 
 Load demo case → scroll and window/level in the red view → leave the oedema out of the region → place a point by
 clicking in the red view → Predict biopsies → type the measured ki67 → Compute map and Cancel (nothing added) →
-Compute map → a bad export folder (one error, nothing changed) → Export → Download. Asserts on the real MRML
-scene (nodes, the point's RAS, table values, the map on the t1c grid, finite exactly inside the region) and on the
-exported files, never on pixels.
+Compute map → a bad export folder (one error, nothing changed) → Export → Download → upload a volume file.
+Asserts on the real MRML scene (nodes, the point's RAS, table values, the map on the t1c grid, finite exactly inside
+the region) and on the exported files, never on pixels.
 A screenshot goes to ``out/web/kimap-web.png`` (``KIMAP_UPDATE_DOCS_IMAGES=1`` also copies it to
 ``docs/images/web.png``).
 
@@ -110,11 +110,12 @@ async def test_web_workflow_demo_point_predict_map_export(tmp_path):
 
     configure_rendering()
     import slicer
+    from dicom_case import oblique_volume
     from playwright.async_api import async_playwright
     from scipy import ndimage
     from trame.app import get_server
 
-    from KiMapLib.inputs.geometry import nearest_voxel
+    from KiMapLib.inputs.geometry import ijk_to_ras_matrix, nearest_voxel
     from KiMapLib.phantom import demo_patient
     from KiMapLib.progress import report
     from KiMapLib.slicer.nodes import image_from_node
@@ -307,6 +308,15 @@ async def test_web_workflow_demo_point_predict_map_export(tmp_path):
             await page.screenshot(path=str(SCREENSHOT))
             if os.environ.get("KIMAP_UPDATE_DOCS_IMAGES"):
                 shutil.copyfile(SCREENSHOT, REPO / "docs" / "images" / "web.png")
+
+            # -- Load volume files: an upload from the browser becomes a node with the file's geometry -------------
+            upload = oblique_volume(seed=5)
+            sitk.WriteImage(upload, str(tmp_path / "FLAIR_followup.nii.gz"))
+            picker = page.get_by_role("group", name="Load volume files").locator("input[type=file]")
+            await picker.set_input_files(str(tmp_path / "FLAIR_followup.nii.gz"))
+            uploaded = await _until(lambda: scene.GetFirstNodeByName("FLAIR_followup"), "the uploaded volume", 60)
+            assert np.allclose(_matrix(uploaded), ijk_to_ras_matrix(upload), atol=1e-5)
+            assert app.session.assignment["flair"] == uploaded.GetID()  # assigned by its name
             await browser.close()
     finally:
         await server.stop()

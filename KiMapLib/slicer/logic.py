@@ -188,10 +188,17 @@ class KiMapLogic:
         require_plausible(tumour, allowT1cOnly)
         report(progress, 0.9, "making segments")
         t1c_node = volumeNodes["t1c"]
-        if segmentationNode is None:
-            segmentationNode = self.scene.AddNewNodeByClass(
-                "vtkMRMLSegmentationNode", self.scene.GenerateUniqueName(f"{t1c_node.GetName()} tumour"))
-        fill_tumour_segments(segmentationNode, tumour.label_image(case.reference), t1c_node)
+        staging = self.scene.AddNewNodeByClass("vtkMRMLSegmentationNode")  # the user's node changes only on success
+        try:
+            fill_tumour_segments(staging, tumour.label_image(case.reference), t1c_node)
+            if segmentationNode is None:
+                segmentationNode = self.scene.AddNewNodeByClass(
+                    "vtkMRMLSegmentationNode", self.scene.GenerateUniqueName(f"{t1c_node.GetName()} tumour"))
+                segmentationNode.CreateDefaultDisplayNodes()
+            segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(t1c_node)
+            segmentationNode.GetSegmentation().DeepCopy(staging.GetSegmentation())
+        finally:
+            self.scene.RemoveNode(staging)
         segmentationNode.SetAttribute(ATTRIBUTE_SUMMARY, json.dumps(_jsonable(tumour.summary(
             case.reference.GetSpacing()))))
         report(progress, 1.0, "done")
@@ -219,9 +226,11 @@ class KiMapLogic:
         case = self._case(volumeNodes, model, scaled(progress, 0.0, 0.05))
         t1c_node = volumeNodes["t1c"]
         region, exclude = None, ()
+        proposal = None
         if regionNode is not None and regionNode.IsA("vtkMRMLSegmentationNode"):
             region = tumour_labels(regionNode, t1c_node)
             exclude = (1,) if region is not None else ()
+            proposal = json.loads(regionNode.GetAttribute(ATTRIBUTE_SUMMARY) or "null")
         if region is None:
             region = region_image(regionNode, t1c_node)
         if region is not None:  # checked here, before the computation: empty or foreign regions stop at once
@@ -229,6 +238,8 @@ class KiMapLogic:
         result = mapping.compute_map(case, model, region=region, covariates=covariates or None,
                                      progress=scaled(progress, 0.05, 0.97), allow_t1c_only=allowT1cOnly,
                                      exclude_labels=exclude)
+        if proposal:  # a reviewed (perhaps edited) automatic proposal: keep what made it
+            result.summary["tumour_region"]["proposal"] = proposal
         # Everything below only adds/updates nodes: all checks and the computation are done.
         nodes = self._writeMapNodes(t1c_node, result.ki67, result.probability, getattr(result, "summary", {}),
                                     str(getattr(model, "model_id", "")), ki67Node, probabilityNode, lowerThreshold)

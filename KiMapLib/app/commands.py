@@ -258,6 +258,14 @@ def run_map(args: argparse.Namespace) -> int:
     from KiMapLib.region.onnx_model import load_segmentation_model
 
     volume_paths = parse_volume_args(args.volume)
+    formats = tuple(f.strip() for f in args.formats.split(",") if f.strip())
+    unknown = [f for f in formats if f not in ("nrrd", "nifti")]
+    if unknown or not formats:
+        raise KiMapError(f"unknown format '{unknown[0] if unknown else args.formats}'", input_name="--formats",
+                         hint="use nrrd and/or nifti, e.g. --formats nrrd,nifti")
+    if args.exclude_label and not args.region:
+        raise KiMapError("--exclude-label applies to a --region you give", input_name="--exclude-label",
+                         hint="the automatic region never maps its necrotic core; drop --exclude-label or add --region")
     check_output_folder(args.out, "map", [("--model", args.model or packaged_model_dir()), ("--region", args.region),
                                           ("--biopsies", args.biopsies),
                                           *((f"--volume {name}", path) for name, path in volume_paths.items())])
@@ -288,7 +296,6 @@ def run_map(args: argparse.Namespace) -> int:
     with progress_bar("ki67 map") as progress:
         result = compute_map(case, model, region, {k: v for k, v in covariates.items() if v is not None}, progress,
                              allow_t1c_only=args.allow_t1c_only_region, exclude_labels=tuple(args.exclude_label))
-    formats = tuple(f.strip() for f in args.formats.split(",") if f.strip())
     write_map(result, args.out, formats, points_ijk=points, point_labels=labels)
     print_json({k: result.summary[k] for k in ("model_id", "region", "region_voxels", "mapped_voxels", "method",
                                                "timings_s")})

@@ -215,7 +215,8 @@ def compute_map(case: Case, model: KiMapModel, region: sitk.Image | TumourRegion
         "unmapped_voxels_outside_field_of_view_by_sequence": {name: int(leaves.sum())
                                                               for name, leaves in outside.items()},
         "outside_value": "NaN (not computed outside the region"
-                         + ("; the necrotic core is NaN too" if tumour.excluded_labels else "") + ")",
+                         + ("; the necrotic core is NaN too" if 1 in tumour.excluded_labels else "")
+                         + ("; excluded labels are NaN too" if set(tumour.excluded_labels) - {1} else "") + ")",
         "method": note,
         "ki67_mean_percent": float(np.nanmean(ki67_values)) if mapped.any() else None,
         "fraction_high": float(np.nanmean(probability_values >= 0.5)) if mapped.any() else None,
@@ -233,10 +234,11 @@ def compute_map(case: Case, model: KiMapModel, region: sitk.Image | TumourRegion
 
 
 def _sequence_use(case: Case, model: KiMapModel, tumour: TumourRegion) -> dict[str, list[str]]:
-    """Which given sequence served what: the model's features, the tumour region, the quality checks."""
+    """Which given sequence served what: the model's features, the tumour region and its plausibility checks, and
+    the input checks (read, checked, aligned, field of view) that every given sequence goes through."""
     return {"model": [s for s in case.images if s in model.required_sequences],
             "tumour_region": list(tumour.method.get("sequences", [])) if tumour.source != "given" else [],
-            "quality_checks": list(case.images)}
+            "checked_and_aligned": list(case.images)}
 
 
 def _series_reference(image: sitk.Image) -> dict | None:

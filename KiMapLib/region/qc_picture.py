@@ -21,6 +21,17 @@ def _window(image: np.ndarray) -> tuple[float, float]:
     return (float(np.percentile(values, 0.5)), float(np.percentile(values, 99.5))) if values.size else (0.0, 1.0)
 
 
+def _lps_mm(image: sitk.Image, axis: int, index: int, order: tuple[int, int, int], flips: tuple[int, ...]) -> float:
+    """Where slice ``index`` along LPS array ``axis`` lies, in Slicer's RAS millimetres: S for axial slices, A for
+    coronal, R for sagittal (RAS = LPS with x and y negated)."""
+    shape = sitk.GetArrayViewFromImage(image).shape
+    kji = [s // 2 for s in shape]
+    original = order[axis]
+    kji[original] = shape[original] - 1 - index if axis in flips else index
+    lps = image.TransformIndexToPhysicalPoint((kji[2], kji[1], kji[0]))[2 - axis]
+    return float(lps if axis == 0 else -lps)
+
+
 def _bounding_box(mask: np.ndarray, margin: int = 3) -> tuple[slice, slice, slice]:
     where = np.nonzero(mask)
     if not where[0].size:
@@ -83,8 +94,9 @@ def qc_montage(case: Case, labels: np.ndarray, path: str | Path, title: str = ""
             for text, (x, y) in zip(letters, ((w / 2, h * 0.04), (w / 2, h * 0.96), (w * 0.04, h / 2),
                                               (w * 0.96, h / 2)), strict=True):
                 ax.text(x, y, text, **style)
-            offset = {"axial": crop[0].start, "coronal": crop[1].start, "sagittal": crop[2].start}[view]
-            ax.set_title(f"{name} {view} {index + offset}", fontsize=8, pad=2)
+            axis = {"axial": 0, "coronal": 1, "sagittal": 2}[view]
+            position = _lps_mm(case.reference, axis, index + (crop[axis].start or 0), order, flips)
+            ax.set_title(f"{name} {view} {'SAR'[axis]} {position:+.1f} mm", fontsize=8, pad=2)
             ax.set_axis_off()
     ml = float(np.prod(spacing)) / 1000.0
     handles = [Patch(color=LABEL_COLORS[v], label=f"{v} {LABEL_NAMES[v]} ({(labels == v).sum() * ml:.1f} ml)")

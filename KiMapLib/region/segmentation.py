@@ -21,6 +21,8 @@ import numpy as np
 from scipy import ndimage as ndi
 
 SEQUENCES = ("t1", "t1c", "t2", "flair")
+#: How the problem reported when neither FLAIR nor T2 was given begins (the caller may accept it on request).
+T1C_ONLY_PROBLEM = "only t1c"
 
 DEFAULTS: dict[str, float] = {
     "z_outlier": 3.0,  # |z| above which voxels are excluded from the normal-brain statistics
@@ -122,8 +124,8 @@ def _erode(mask: np.ndarray, mm: float, sp: np.ndarray, step: int = 1) -> np.nda
     if not mask.any():
         return out
     box = _box(mask, np.ones(3, int))
-    m = mask[box][::step, ::step, ::step]
-    d = ndi.distance_transform_edt(m, sampling=sp * step) > mm
+    m = np.pad(mask[box][::step, ::step, ::step], 1)  # outside the array is background on every side
+    d = ndi.distance_transform_edt(m, sampling=sp * step)[1:-1, 1:-1, 1:-1] > mm
     for ax in range(3):
         d = np.repeat(d, step, axis=ax)
     out[box] = d[tuple(slice(0, n) for n in out[box].shape)] & mask[box]
@@ -385,9 +387,8 @@ def segment_tumour(
 
     # plausibility: short lower-case fragments (the caller joins them with "; ")
     if "t1c" in seqs and not {"t2", "flair"} & set(seqs):
-        problems.append(
-            f"only {' and '.join(seqs[::-1])} given: oedema is invisible and enhancement alone is unreliable"
-        )
+        problems.append(f"{T1C_ONLY_PROBLEM}{'' if seqs == ['t1c'] else ' and t1'} given: oedema is invisible and "
+                        "enhancement alone is unreliable")
     max_ml = min(p["max_volume_ml"], p["max_brain_fraction"] * brain_ml)
     if whole_ml < p["min_volume_ml"]:
         problems.append(f"no lesion found ({whole_ml:.1f} ml < {p['min_volume_ml']:g} ml)")

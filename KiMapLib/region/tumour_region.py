@@ -23,7 +23,7 @@ from KiMapLib.inputs.geometry import (
 )
 from KiMapLib.inputs.images import label_on_grid
 from KiMapLib.region.segmentation import SEQUENCES as SEGMENTATION_SEQUENCES
-from KiMapLib.region.segmentation import segment_tumour
+from KiMapLib.region.segmentation import T1C_ONLY_PROBLEM, segment_tumour
 
 NECROTIC, OEDEMA, ENHANCING = 1, 2, 3
 LABEL_NAMES = {NECROTIC: "necrotic core", OEDEMA: "oedema / non-enhancing tumour", ENHANCING: "enhancing tumour"}
@@ -75,8 +75,13 @@ def propose_region(case: Case) -> TumourRegion:
     names = [name for name in SEGMENTATION_SEQUENCES if name in case.images]
     order, flips, spacing = lps_axes(case.reference)
     arrays = {name: to_lps(sitk.GetArrayViewFromImage(case.images[name]), order, flips) for name in names}
+    # a sequence's padding (outside its field of view) would read as normal brain: keep to what every one covers
+    brain = case.foreground.copy()
+    for name in names:
+        if name in case.coverage:
+            brain &= case.coverage[name]
     try:
-        result = segment_tumour(arrays, spacing, to_lps(case.foreground, order, flips))
+        result = segment_tumour(arrays, spacing, to_lps(brain, order, flips))
     except ValueError as error:  # no usable sequence or foreground: one line, not a traceback
         raise KiMapError(str(error), input_name="tumour region", hint=WHAT_TO_DO) from error
     labels = from_lps(result.labels, order, flips).astype(np.uint8)
@@ -116,7 +121,7 @@ def require_plausible(region: TumourRegion, allow_t1c_only: bool = False) -> Non
     if region.source == "given":
         return
     what = "the automatic tumour region" if region.source == "automatic" else f"the tumour region of {region.source}"
-    problems = [p for p in region.problems if not (allow_t1c_only and p.lower().startswith(T1C_ONLY_PROBLEM))]
+    problems = [p for p in region.problems if not (allow_t1c_only and p.startswith(T1C_ONLY_PROBLEM))]
     if problems:
         raise KiMapError(f"{what} is not plausible ({'; '.join(problems)})",
                          input_name="tumour region", hint=WHAT_TO_DO)
@@ -124,6 +129,3 @@ def require_plausible(region: TumourRegion, allow_t1c_only: bool = False) -> Non
         raise KiMapError(f"{what} holds no viable tumour (labels 2 or 3)",
                          input_name="tumour region", hint=WHAT_TO_DO)
 
-
-#: The start of the problem :func:`segment_tumour` reports when t1c is the only sequence it could use.
-T1C_ONLY_PROBLEM = "only t1c"

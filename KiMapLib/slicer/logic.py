@@ -58,14 +58,18 @@ class MapJob:
     covariates: dict[str, object] | None = None
     allow_t1c_only: bool = False
     exclude_labels: tuple[int, ...] = ()
+    proposal: dict | None = None  # the summary of the automatic proposal the region was reviewed from, if any
 
     def run(self, progress: ProgressCallback | None = None):
         """Compute the map (:func:`KiMapLib.maps.mapping.compute_map`); ``progress`` returning False cancels."""
         from KiMapLib.maps import mapping
 
-        return mapping.compute_map(self.case, self.model, region=self.region, covariates=self.covariates,
-                                   progress=progress, allow_t1c_only=self.allow_t1c_only,
-                                   exclude_labels=self.exclude_labels)
+        result = mapping.compute_map(self.case, self.model, region=self.region, covariates=self.covariates,
+                                     progress=progress, allow_t1c_only=self.allow_t1c_only,
+                                     exclude_labels=self.exclude_labels)
+        if self.proposal:  # a reviewed (perhaps edited) automatic proposal: keep what made it
+            result.summary["tumour_region"]["proposal"] = self.proposal
+        return result
 
 
 class KiMapLogic:
@@ -242,10 +246,17 @@ class KiMapLogic:
         require_plausible(tumour, allowT1cOnly)
         report(progress, 0.9, "making segments")
         t1c_node = volumeNodes["t1c"]
-        if segmentationNode is None:
-            segmentationNode = self.scene.AddNewNodeByClass(
-                "vtkMRMLSegmentationNode", self.scene.GenerateUniqueName(f"{t1c_node.GetName()} tumour"))
-        fill_tumour_segments(segmentationNode, tumour.label_image(case.reference), t1c_node)
+        staging = self.scene.AddNewNodeByClass("vtkMRMLSegmentationNode")  # the user's node changes only on success
+        try:
+            fill_tumour_segments(staging, tumour.label_image(case.reference), t1c_node)
+            if segmentationNode is None:
+                segmentationNode = self.scene.AddNewNodeByClass(
+                    "vtkMRMLSegmentationNode", self.scene.GenerateUniqueName(f"{t1c_node.GetName()} tumour"))
+                segmentationNode.CreateDefaultDisplayNodes()
+            segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(t1c_node)
+            segmentationNode.GetSegmentation().DeepCopy(staging.GetSegmentation())
+        finally:
+            self.scene.RemoveNode(staging)
         segmentationNode.SetAttribute(ATTRIBUTE_SUMMARY, json.dumps(_jsonable(tumour.summary(
             case.reference.GetSpacing()))))
         report(progress, 1.0, "done")
@@ -289,15 +300,17 @@ class KiMapLogic:
         case = self._case(volumeNodes, model, progress)
         t1c_node = volumeNodes["t1c"]
         region, exclude = None, ()
+        proposal = None
         if regionNode is not None and regionNode.IsA("vtkMRMLSegmentationNode"):
             region = tumour_labels(regionNode, t1c_node)
             exclude = (1,) if region is not None else ()
+            proposal = json.loads(regionNode.GetAttribute(ATTRIBUTE_SUMMARY) or "null")
         if region is None:
             region = region_image(regionNode, t1c_node)
         if region is not None:  # checked here, before the computation: empty or foreign regions stop at once
             region = given_region(region, case.reference, "tumor region", exclude)
         return MapJob(case=case, region=region, model=model, t1c_node=t1c_node, covariates=covariates or None,
-                      allow_t1c_only=allowT1cOnly, exclude_labels=exclude)
+                      allow_t1c_only=allowT1cOnly, exclude_labels=exclude, proposal=proposal or None)
 
     def addMapNodes(self, job: MapJob, result, ki67Node=None, probabilityNode=None, lowerThreshold: float = 0.0):
         """The map nodes of a finished :class:`MapJob` (``result`` = ``job.run()``): ``(ki67Node, probabilityNode)``."""

@@ -15,7 +15,7 @@ import vtk
 
 from KiMapLib.errors import KiMapError
 from KiMapLib.inputs.geometry import same_grid
-from KiMapLib.region.tumour_region import LABEL_COLORS, LABEL_NAMES
+from KiMapLib.region.tumour_region import LABEL_COLORS, LABEL_NAMES, OEDEMA
 from KiMapLib.slicer.nodes import image_from_node, update_node_from_image
 
 LABEL_TAG = "KiMap.Label"
@@ -65,17 +65,20 @@ def fill_tumour_segments(segmentation_node, labels: sitk.Image, reference_node) 
 
 
 def tumour_labels(segmentation_node, reference_node, name: str = "tumor region") -> sitk.Image | None:
-    """The visible KiMap-tagged segments as a BraTS label map on the reference grid; None when none is tagged."""
+    """The visible segments of a KiMap tumour segmentation as a BraTS label map on the reference grid (a segment the
+    user added, without KiMap's tag, counts as viable tumour, label 2); None when no segment is KiMap's."""
     segmentation = segmentation_node.GetSegmentation()
     display = segmentation_node.GetDisplayNode()
-    tagged = []
+    visible = []
     for segment_id in segmentation.GetSegmentIDs():
         value = vtk.mutable("")
         has_tag = segmentation.GetSegment(segment_id).GetTag(LABEL_TAG, value) and str(value).isdigit()
-        if has_tag and (display is None or display.GetSegmentVisibility(segment_id)):
-            tagged.append((int(str(value)), segment_id))
-    if not tagged:
+        if display is None or display.GetSegmentVisibility(segment_id):
+            visible.append((int(str(value)) if has_tag else None, segment_id))
+    if not any(value is not None for value, _ in visible):
         return None
+    # a segment the user added to KiMap's three (no tag) extends the viable tumour: it is mapped, never dropped
+    tagged = [(OEDEMA if value is None else value, segment_id) for value, segment_id in visible]
     reference = image_from_node(reference_node, "t1c")
     labels = np.zeros(sitk.GetArrayViewFromImage(reference).shape, np.uint8)
     scene = segmentation_node.GetScene()

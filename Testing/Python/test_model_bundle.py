@@ -293,7 +293,10 @@ def test_every_card_field_the_code_reads_is_in_the_schema():
 
     schema = card_schema()
     reads = set()
-    for path in Path(__file__).resolve().parents[2].joinpath("KiMapLib").rglob("*.py"):
+    library = Path(__file__).resolve().parents[2].joinpath("KiMapLib")
+    for path in library.rglob("*.py"):
+        if path.parent.name == "region":  # segmentation-model cards have their own schema
+            continue
         text = path.read_text()
         for match in re.finditer(r'card(?:\["(\w+)"\]|\.get\("(\w+)")(?:\["(\w+)"\])?', text):
             reads.add(tuple(part for part in (match[1] or match[2], match[3]) if part))

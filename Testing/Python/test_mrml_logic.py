@@ -529,6 +529,14 @@ def test_tumour_segments_round_trip_on_an_oblique_grid(case_scene, probe):
     ki67_node, _ = KiMapLogic().computeMap(volumes_of(case_scene), segmentation, probe)
     mapped = np.isfinite(slicer.util.arrayFromVolume(ki67_node))
     np.testing.assert_array_equal(mapped, (labels == 2) | (labels == 3))
+    # a segment the user adds (no KiMap tag) extends the viable tumour: mapped, never silently dropped
+    extra = np.zeros(SHAPE_KJI, np.uint8)
+    extra[2:4, 2:5, 2:5] = 1
+    extra_node = slicer.util.addVolumeFromArray(extra, ijkToRAS=case_scene.ijk_to_ras, name="extra",
+                                                nodeClassName="vtkMRMLLabelMapVolumeNode")
+    slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(extra_node, segmentation)
+    back = sitk.GetArrayFromImage(tumour_labels(segmentation, t1c))
+    np.testing.assert_array_equal(back[extra > 0], 2)
 
 
 TCGA = Path(__file__).resolve().parents[3] / "shared" / "data" / "tcga-du-7294"
@@ -549,6 +557,26 @@ def test_propose_tumor_region_on_real_mri_gives_editable_segments():
     with pytest.raises(KiMapError, match="only t1c"):  # t1c alone is refused, and the scene stays as it was
         KiMapLogic().proposeTumorRegion({"t1c": volumes["t1c"]})
     assert scene_state(scene) == before
+    # a failure while the segments are made leaves the user's own segmentation as it was
+    mine = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "mine")
+    mine.GetSegmentation().AddEmptySegment("my edit", "my edit")
+    before = scene_state(scene)
+
+    def broken(*args, **kwargs):
+        raise KiMapError("simulated failure", input_name="tumour region")
+
+    import KiMapLib.slicer.logic as logic_module
+
+    original = logic_module.fill_tumour_segments
+    logic_module.fill_tumour_segments = broken
+    try:
+        with pytest.raises(KiMapError, match="simulated"):
+            KiMapLogic().proposeTumorRegion(volumes, mine)
+    finally:
+        logic_module.fill_tumour_segments = original
+    assert scene_state(scene) == before
+    assert [mine.GetSegmentation().GetNthSegment(n).GetName() for n in range(mine.GetSegmentation()
+                                                                             .GetNumberOfSegments())] == ["my edit"]
     segmentation = KiMapLogic().proposeTumorRegion(volumes)
     assert segmentation.GetSegmentation().GetNumberOfSegments() == 3
     labels = sitk.GetArrayFromImage(tumour_labels(segmentation, volumes["t1c"])) > 0

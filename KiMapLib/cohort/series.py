@@ -12,27 +12,20 @@ from pathlib import Path
 import SimpleITK as sitk
 
 from KiMapLib.errors import KiMapError
+from KiMapLib.outputs import sha256_file
 
 #: UIDs kept from a DICOM series (identity and provenance; no patient name or birth date in the store).
 SOURCE_UID_KEYWORDS = ("StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID")
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def content_sha256(path: str | Path) -> str:
     """sha256 of a volume file, or of a DICOM folder's (non-hidden) files by name."""
     path = Path(path)
     if path.is_dir():
-        lines = [f"{p.name} {_file_sha256(p)}\n" for p in sorted(path.iterdir())
+        lines = [f"{p.name} {sha256_file(p)}\n" for p in sorted(path.iterdir())
                  if p.is_file() and not p.name.startswith(".")]
         return hashlib.sha256("".join(lines).encode()).hexdigest()
-    return _file_sha256(path)
+    return sha256_file(path)
 
 
 def describe_series(path: str | Path, name: str) -> tuple[dict, dict | None]:

@@ -24,6 +24,7 @@ from KiMapLib.errors import KiMapError, ModelError
 from KiMapLib.model.design import design_matrix
 from KiMapLib.model.pipeline_check import check_pipeline
 from KiMapLib.model.skops_audit import audit_model_file
+from KiMapLib.outputs import sha256_file
 from KiMapLib.resources import models_dir, resources_dir
 from KiMapLib.settings import SEQUENCES, ExtractionSettings
 
@@ -38,14 +39,6 @@ MAX_MODEL_BYTES = 1 << 30
 #: Card lists of feature names (refusals name the offending entry in words, not the schema's pattern).
 FEATURE_LISTS = ("input_features", "radiomic_features", "used_features", "selected_columns")
 ESTIMATOR_CLASSES = {"ridge": "Ridge", "rf": "RandomForestRegressor"}
-
-
-def sha256_of(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def card_schema() -> dict:
@@ -193,7 +186,7 @@ def save_bundle(pipeline: object, card: dict, out_dir: str | Path, extra_files: 
     with atomic_directory(out_dir, "model bundle") as staging:
         sio.dump(content, staging / MODEL_FILE)
         audit_model_file((staging / MODEL_FILE).read_bytes(), str(out_dir), MODEL_FILE)
-        card = dict(card, model_file={"path": MODEL_FILE, "sha256": sha256_of(staging / MODEL_FILE),
+        card = dict(card, model_file={"path": MODEL_FILE, "sha256": sha256_file(staging / MODEL_FILE),
                                       "format": "skops"})
         validate_card(card, str(out_dir))
         (staging / CARD_FILE).write_text(json.dumps(card, indent=2) + "\n")

@@ -25,6 +25,7 @@ import numpy as np
 
 from KiMapLib.atomic import atomic_directory
 from KiMapLib.errors import ModelError
+from KiMapLib.outputs import sha256_file
 from KiMapLib.progress import ProgressCallback, report
 from KiMapLib.resources import resources_dir
 
@@ -43,14 +44,6 @@ DEFAULT_OVERLAP = 0.5
 
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @functools.cache

@@ -23,6 +23,10 @@ from KiMapLib.inputs.biopsies import Biopsy
 _MODELS: dict[tuple[str, str], object] = {}  # verified models loaded by this worker process, by (path, sha256)
 
 
+#: Seconds each extraction task waits before it starts; set only by the tests that interrupt a run on purpose.
+TEST_DELAY_VARIABLE = "KIMAP_TEST_TASK_DELAY_S"
+
+
 def worker_label() -> str:
     try:
         from distributed import get_worker
@@ -74,6 +78,7 @@ def extract_task(job: dict) -> dict:
 
     started = time.perf_counter()
     outcome: dict = {"patient": job["patient"], "worker": worker_label()}
+    time.sleep(float(os.environ.get(TEST_DELAY_VARIABLE) or 0))  # tests only: a run long enough to interrupt
     try:
         settings = ExtractionSettings.from_dict(job["settings"])
         case = prepare_case(read_volumes(_verified_paths(job["series"])), settings)

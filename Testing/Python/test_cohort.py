@@ -27,6 +27,7 @@ from KiMapLib.app.cli import main
 from KiMapLib.cohort import schema
 from KiMapLib.cohort.settings_identity import settings_digest
 from KiMapLib.cohort.store import database_url, open_store
+from KiMapLib.cohort.tasks import TEST_DELAY_VARIABLE
 from KiMapLib.features.table import read_table
 from KiMapLib.inputs.biopsies import read_biopsies
 from KiMapLib.inputs.geometry import nearest_voxel
@@ -215,11 +216,14 @@ def _feature_count(db) -> int:
 
 def _start_and_stop_after_first_patient(db, cohort_dir, stop: signal.Signals, *options: str) -> tuple[int, str, int]:
     """Run `kimap cohort extract` in a subprocess (its own process group, as a terminal's foreground job) and send
-    ``stop`` to the group once one more patient is committed; returns (exit code, stderr, feature rows then)."""
+    ``stop`` to the group once one more patient is committed; returns (exit code, stderr, feature rows then).
+
+    Each task waits 2 s before it starts, so that on a quiet machine the other patients are still running when the
+    signal comes (otherwise the run can finish first and nothing is interrupted)."""
     before = _feature_count(db)
     process = subprocess.Popen([sys.executable, "-m", "KiMapLib", "cohort", "extract", "--cohort", str(cohort_dir),
                                 "--db", str(db), *options], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True, start_new_session=True)
+                               text=True, start_new_session=True, env={**os.environ, TEST_DELAY_VARIABLE: "2"})
     deadline = time.monotonic() + 120
     while _feature_count(db) == before and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)

@@ -214,6 +214,12 @@ def _feature_count(db) -> int:
         return 0
 
 
+def _ctrl_c_as_in_a_terminal() -> None:
+    """A foreground job in a terminal receives Ctrl-C; a job started in the background of a script (as CI may run
+    the tests) inherits SIGINT ignored, and Python then never raises KeyboardInterrupt. Restore the default."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start_and_stop_after_first_patient(db, cohort_dir, stop: signal.Signals, *options: str) -> tuple[int, str, int]:
     """Run `kimap cohort extract` in a subprocess (its own process group, as a terminal's foreground job) and send
     ``stop`` to the group once one more patient is committed; returns (exit code, stderr, feature rows then).
@@ -223,7 +229,8 @@ def _start_and_stop_after_first_patient(db, cohort_dir, stop: signal.Signals, *o
     before = _feature_count(db)
     process = subprocess.Popen([sys.executable, "-m", "KiMapLib", "cohort", "extract", "--cohort", str(cohort_dir),
                                 "--db", str(db), *options], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True, start_new_session=True, env={**os.environ, TEST_DELAY_VARIABLE: "2"})
+                               text=True, start_new_session=True, env={**os.environ, TEST_DELAY_VARIABLE: "2"},
+                               preexec_fn=_ctrl_c_as_in_a_terminal)
     deadline = time.monotonic() + 120
     while _feature_count(db) == before and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)

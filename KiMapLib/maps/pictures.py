@@ -14,9 +14,6 @@ from KiMapLib.inputs.geometry import lps_axes, to_lps
 from KiMapLib.plotting import pyplot
 from KiMapLib.resources import KI67_WINDOW, color_table_rgba
 
-#: At most this many slices in the montage (the tumour centre first, then the biopsies' slices).
-MAX_PANELS = 8
-
 
 def ki67_colormap():
     """KiMap's shipped color table as a matplotlib colormap; NaN (not mapped) is transparent."""
@@ -41,9 +38,8 @@ def _slices(mapped: np.ndarray, points: list[tuple[str, tuple[int, int, int]]]) 
     if where.size:
         weights = mapped.sum(axis=(1, 2))[where]
         chosen[round(float(np.average(where, weights=weights)))] = []
-    for label, (z, _, _) in points:
-        if z in chosen or len(chosen) < MAX_PANELS:
-            chosen.setdefault(z, []).append(label)
+    for label, (z, _, _) in points:  # every biopsy is shown, on its own slice
+        chosen.setdefault(z, []).append(label)
     if not chosen:
         chosen[mapped.shape[0] // 2] = []
     return sorted(chosen.items())

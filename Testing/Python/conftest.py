@@ -99,3 +99,14 @@ def tiny_model_dir(tmp_path_factory, tiny_cohort_rows):
     result = train(tiny_cohort_rows, TrainingConfig(k_features=8, estimator="ridge"),
                    settings=ExtractionSettings(ball_radius_mm=3.0), model_id="test-tiny")
     return save_bundle(result.pipeline, result.card, tmp_path_factory.mktemp("models") / "tiny")
+
+
+def write_case_folder(folder, patient: dict, extra_biopsies=()):
+    """A patient folder as the CLI reads it: <sequence>.nrrd, label.nrrd and biopsies.csv (plus ``extra_biopsies``)."""
+    from KiMapLib.inputs.biopsies import write_biopsies_csv
+
+    for name, image in patient["volumes"].items():
+        sitk.WriteImage(image, str(folder / f"{name}.nrrd"))
+    sitk.WriteImage(patient["label"], str(folder / "label.nrrd"))
+    write_biopsies_csv([*patient["biopsies"], *extra_biopsies], folder / "biopsies.csv")
+    return folder

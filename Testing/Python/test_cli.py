@@ -5,24 +5,19 @@ import shutil
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from conftest import make_volume, synthetic_patient
+from conftest import make_volume, synthetic_patient, write_case_folder
 
 from KiMapLib.app.cli import main
 from KiMapLib.features.table import read_table
-from KiMapLib.inputs.biopsies import Biopsy, write_biopsies_csv
+from KiMapLib.inputs.biopsies import Biopsy
 from KiMapLib.model.bundle import load_model
 
 
 @pytest.fixture(scope="module")
 def case_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("case")
     patient = synthetic_patient(21)
-    for name, image in patient["volumes"].items():
-        sitk.WriteImage(image, str(folder / f"{name}.nrrd"))
-    sitk.WriteImage(patient["label"], str(folder / "label.nrrd"))
     far = Biopsy("P21", "FAR", patient["biopsies"][0].ras + 300.0)
-    write_biopsies_csv([*patient["biopsies"], far], folder / "biopsies.csv")
-    return folder
+    return write_case_folder(tmp_path_factory.mktemp("case"), patient, [far])
 
 
 def volume_args(folder, **replace):

@@ -18,15 +18,13 @@ import textwrap
 from pathlib import Path
 
 import pytest
-import SimpleITK as sitk
-from conftest import synthetic_patient
+from conftest import synthetic_patient, write_case_folder
 
 from KiMapLib import atomic, outputs
 from KiMapLib.app.cli import main
 from KiMapLib.atomic import atomic_directory, atomic_files, clean_stale_staging, process_start
 from KiMapLib.errors import KiMapError
 from KiMapLib.features.table import write_table
-from KiMapLib.inputs.biopsies import write_biopsies_csv
 from KiMapLib.outputs import MANIFEST_FILE, inspect_output_folder
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -72,13 +70,7 @@ def one_error_line(capsys, start: str) -> str:
 
 @pytest.fixture(scope="module")
 def case_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("case")
-    patient = synthetic_patient(21)
-    for name, image in patient["volumes"].items():
-        sitk.WriteImage(image, str(folder / f"{name}.nrrd"))
-    sitk.WriteImage(patient["label"], str(folder / "label.nrrd"))
-    write_biopsies_csv(patient["biopsies"], folder / "biopsies.csv")
-    return folder
+    return write_case_folder(tmp_path_factory.mktemp("case"), synthetic_patient(21))
 
 
 def map_args(case_dir: Path, model: Path, out: Path, *extra: str) -> list[str]:

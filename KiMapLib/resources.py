@@ -25,6 +25,10 @@ def color_table_path() -> Path:
 KI67_WINDOW = (0.0, 100.0)
 #: The display window of P(ki67 >= threshold).
 PROBABILITY_WINDOW = (0.0, 1.0)
+#: Window of the prediction-interval width (ki67 percentage points) and of its bounds' maps is KI67_WINDOW.
+INTERVAL_WIDTH_WINDOW = (0.0, 50.0)
+#: Window of the out-of-domain score (1 = the model's threshold: above it, out of domain).
+OOD_WINDOW = (0.0, 2.0)
 
 
 def color_table_rgba() -> list[tuple[float, float, float, float]]:

@@ -12,7 +12,8 @@ from KiMapLib.atomic import Terminated, install_termination_handler, restore_ter
 from KiMapLib.errors import Cancelled, KiMapError
 
 #: Modules that add their own sub-command through ``add_parser(subparsers)`` (some are optional).
-SUBCOMMAND_MODULES = ("KiMapLib.app.phantom_command", "KiMapLib.app.commands", "KiMapLib.app.segment_command",
+SUBCOMMAND_MODULES = ("KiMapLib.app.phantom_command", "KiMapLib.app.commands", "KiMapLib.app.predict_command",
+                      "KiMapLib.app.segment_command",
                       "KiMapLib.app.export_command", "KiMapLib.app.bench_maps", "KiMapLib.app.demo",
                       "KiMapLib.app.cohort_command", "KiMapLib.app.web_command")
 

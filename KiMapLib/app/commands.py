@@ -87,6 +87,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     mapper.add_argument("--sex", choices=("F", "M"), help="patient sex, a model covariate (default: imputed)")
     mapper.add_argument("--tumor-type", choices=("primary", "recurrent"),
                         help="primary or recurrent tumour, a model covariate (default: imputed)")
+    mapper.add_argument("--interval-level", type=float, metavar="LEVEL",
+                        help="level of the prediction intervals ki67_lower/ki67_upper, 0.5-0.99 (default: the model "
+                        "card's, 0.9)")
     mapper.add_argument("--formats", default="nrrd", help="comma-separated: nrrd,nifti")
     mapper.add_argument("--out", type=Path, required=True, help="output folder (new, empty or an earlier KiMap map)")
     mapper.set_defaults(func=run_map)
@@ -263,6 +266,10 @@ def run_map(args: argparse.Namespace) -> int:
     if unknown or not formats:
         raise KiMapError(f"unknown format '{unknown[0] if unknown else args.formats}'", input_name="--formats",
                          hint="use nrrd and/or nifti, e.g. --formats nrrd,nifti")
+    if args.interval_level is not None:
+        from KiMapLib.model.bundle import check_level
+
+        check_level(args.interval_level)
     if args.exclude_label and not args.region:
         raise KiMapError("--exclude-label applies to a --region you give", input_name="--exclude-label",
                          hint="the automatic region never maps its necrotic core; drop --exclude-label or add --region")
@@ -295,9 +302,11 @@ def run_map(args: argparse.Namespace) -> int:
             print(f"note: {error}", file=sys.stderr)
     with progress_bar("ki67 map") as progress:
         result = compute_map(case, model, region, {k: v for k, v in covariates.items() if v is not None}, progress,
-                             allow_t1c_only=args.allow_t1c_only_region, exclude_labels=tuple(args.exclude_label))
+                             allow_t1c_only=args.allow_t1c_only_region, exclude_labels=tuple(args.exclude_label),
+                             level=args.interval_level)
     write_map(result, args.out, formats, points_ijk=points, point_labels=labels)
     print_json({k: result.summary[k] for k in ("model_id", "region", "region_voxels", "mapped_voxels", "method",
                                                "timings_s")})
-    print(f"ki67_map, ki67_probability, region, tumour_labels, overlay.png, summary.json -> {args.out}")
+    uncertain = ", ki67_lower, ki67_upper, out_of_domain, uncertainty.png" if result.lower is not None else ""
+    print(f"ki67_map, ki67_probability{uncertain}, region, tumour_labels, overlay.png, summary.json -> {args.out}")
     return 0

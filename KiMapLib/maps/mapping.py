@@ -17,13 +17,15 @@ from KiMapLib.errors import KiMapError
 from KiMapLib.features.neighbourhood import ball_offsets, min_kernel_voxels, voxels_outside_coverage
 from KiMapLib.inputs.case import Case
 from KiMapLib.inputs.geometry import copy_geometry
-from KiMapLib.model.bundle import KiMapModel
+from KiMapLib.model.bundle import KiMapModel, check_level
 from KiMapLib.model.design import design_matrix
 from KiMapLib.model.prediction import check_case_for_model
 from KiMapLib.progress import ProgressCallback, report, scaled
 from KiMapLib.region.tumour_region import TumourRegion, given_region, propose_region, require_plausible
 
 OUTSIDE_VALUE = float("nan")
+#: What a map holds per voxel (attributes of KiMapLib.model.bundle.Prediction).
+MAP_QUANTITIES = ("ki67", "p_high", "lower", "upper", "ood")
 
 
 
@@ -38,6 +40,9 @@ class MapResult:
     summary: dict = field(default_factory=dict)
     labels: sitk.Image | None = None  # the tumour label map the region came from (BraTS labels), when known
     tumour: TumourRegion | None = None
+    lower: sitk.Image | None = None  # the prediction interval's bounds (%), at summary["uncertainty"]["level"]
+    upper: sitk.Image | None = None
+    ood: sitk.Image | None = None  # out-of-domain score (> 1: the voxel's features lie outside the training data)
 
 
 def _engine_features(case: Case, centres: np.ndarray, region: np.ndarray, used: list[str],
@@ -146,15 +151,19 @@ def tumour_region_for(case: Case, region: sitk.Image | TumourRegion | None, *, a
 
 def compute_map(case: Case, model: KiMapModel, region: sitk.Image | TumourRegion | None = None,
                 covariates: dict | None = None, progress: ProgressCallback | None = None, method: str = "auto", *,
-                allow_t1c_only: bool = False, exclude_labels: tuple[int, ...] = ()) -> MapResult:
+                allow_t1c_only: bool = False, exclude_labels: tuple[int, ...] = (), level: float | None = None
+                ) -> MapResult:
     """ki67 and probability maps over the viable tumour on the exact t1c grid.
 
     ``region``: a label image (every label > 0 mapped, except ``exclude_labels``), a :class:`TumourRegion`, or None
     for the automatic segmentation from every given sequence (its necrotic core is not mapped). The region is
-    decided and checked before any feature is computed.
+    decided and checked before any feature is computed. ``level``: the prediction intervals' level (default: the
+    model card's).
     """
     started = time.perf_counter()
     check_case_for_model(case, model)
+    if level is not None:
+        check_level(level)
     report(progress, 0.0, "tumour region")
     tumour = tumour_region_for(case, region, allow_t1c_only=allow_t1c_only, exclude_labels=exclude_labels)
     region_array = tumour.mapped & case.foreground
@@ -184,20 +193,23 @@ def compute_map(case: Case, model: KiMapModel, region: sitk.Image | TumourRegion
         matrix[:, model.input_features.index(name)] = values[:, column]
     valid = np.isfinite(values).any(axis=1) if used else np.ones(len(sample_rows), bool)
     valid &= ~leaves_view[sample_rows]  # their features would come from padding
-    ki67_samples = np.full(len(sample_rows), np.nan)
+    quantities = {key: np.full(len(sample_rows), np.nan) for key in MAP_QUANTITIES}
     if valid.any():
-        ki67_samples[valid] = model.predict_matrix(matrix[valid])[0]
-    if method == "engine":
-        ki67_values = ki67_samples
-    else:
-        ki67_values = _interpolate(centres[sample_rows][valid], ki67_samples[valid], centres)
-    ki67_values[leaves_view] = np.nan  # not interpolated either
-    probability_values = model.probability(ki67_values)
-
-    ki67 = np.full(region_array.shape, OUTSIDE_VALUE, dtype=np.float32)
-    probability = np.full(region_array.shape, OUTSIDE_VALUE, dtype=np.float32)
-    ki67[tuple(centres.T)] = ki67_values
-    probability[tuple(centres.T)] = probability_values
+        prediction = model.predict(matrix[valid], level)
+        for key in MAP_QUANTITIES:
+            quantities[key][valid] = getattr(prediction, key)
+        level = prediction.level
+    if method != "engine":
+        quantities = {key: _interpolate(centres[sample_rows][valid], value[valid], centres)
+                      for key, value in quantities.items()}
+    for value in quantities.values():
+        value[leaves_view] = np.nan  # not interpolated either
+    images = {}
+    for key, value in quantities.items():
+        volume = np.full(region_array.shape, OUTSIDE_VALUE, dtype=np.float32)
+        volume[tuple(centres.T)] = value
+        images[key] = copy_geometry(volume, case.reference)
+    ki67_values, probability_values = quantities["ki67"], quantities["p_high"]
     report(progress, 1.0, "map done")
     mapped = np.isfinite(ki67_values)
     summary = {
@@ -220,6 +232,7 @@ def compute_map(case: Case, model: KiMapModel, region: sitk.Image | TumourRegion
         "method": note,
         "ki67_mean_percent": float(np.nanmean(ki67_values)) if mapped.any() else None,
         "fraction_high": float(np.nanmean(probability_values >= 0.5)) if mapped.any() else None,
+        "uncertainty": uncertainty_summary(model, quantities, level),
         "covariates": {k: v for k, v in row.items() if v is not None},
         "notes": list(case.notes),
         "timings_s": {"features": round(features_seconds, 3), "total": round(time.perf_counter() - started, 3)},
@@ -228,9 +241,37 @@ def compute_map(case: Case, model: KiMapModel, region: sitk.Image | TumourRegion
     source = _series_reference(case.reference)
     if source:
         summary["t1c_source"] = source
-    return MapResult(ki67=copy_geometry(ki67, case.reference), probability=copy_geometry(probability, case.reference),
+    has_intervals = np.isfinite(quantities["lower"]).any()
+    has_domain = np.isfinite(quantities["ood"]).any()
+    return MapResult(ki67=images["ki67"], probability=images["p_high"],
                      region=copy_geometry(region_array.astype(np.uint8), case.reference), t1c=case.reference,
-                     summary=summary, labels=tumour.label_image(case.reference), tumour=tumour)
+                     summary=summary, labels=tumour.label_image(case.reference), tumour=tumour,
+                     lower=images["lower"] if has_intervals else None, upper=images["upper"] if has_intervals else None,
+                     ood=images["ood"] if has_domain else None)
+
+
+def uncertainty_summary(model: KiMapModel, quantities: dict[str, np.ndarray], level: float | None) -> dict:
+    """How sure the map is: the interval level and the spread of its width over the mapped voxels, and how many
+    voxels are out of domain (their features outside the training biopsies')."""
+    width = quantities["upper"] - quantities["lower"]
+    finite = width[np.isfinite(width)]
+    if finite.size == 0:
+        return {"intervals": None, "out_of_domain": None,
+                "note": f"model {model.model_id} has no prediction intervals or domain (trained before KiMap 0.4)"}
+    ood = quantities["ood"][np.isfinite(quantities["ood"])]
+    percentiles = dict(zip(("p05", "p25", "median", "p75", "p95"),
+                           (round(float(v), 3) for v in np.percentile(finite, [5, 25, 50, 75, 95])), strict=True))
+    return {
+        "intervals": {"level": level, "files": ["ki67_lower", "ki67_upper"],
+                      "width_percent": {**percentiles, "mean": round(float(finite.mean()), 3),
+                                        "sd": round(float(finite.std()), 3)},
+                      "method": model.card["uncertainty"]["method"]},
+        "out_of_domain": None if ood.size == 0 else {
+            "file": "out_of_domain", "score": "Mahalanobis distance / the model's threshold (> 1: out of domain)",
+            "threshold_distance": model.domain_threshold,
+            "voxels": int((ood > 1.0).sum()), "fraction": round(float((ood > 1.0).mean()), 4),
+            "score_median": round(float(np.median(ood)), 3)},
+    }
 
 
 def _sequence_use(case: Case, model: KiMapModel, tumour: TumourRegion) -> dict[str, list[str]]:
@@ -268,6 +309,7 @@ def write_map_files(result: MapResult, folder: Path, formats: tuple[str, ...] = 
                     points_ijk: list | None = None, point_labels: list[str] | None = None) -> None:
     """Write maps, region, overlay and summary into an existing folder (no atomicity; see :func:`write_map`)."""
     from KiMapLib.maps.pictures import overlay as draw_overlay
+    from KiMapLib.maps.pictures import uncertainty_picture
 
     suffixes = {"nrrd": ".nrrd", "nifti": ".nii.gz"}
     unknown = [f for f in formats if f not in suffixes]
@@ -275,14 +317,23 @@ def write_map_files(result: MapResult, folder: Path, formats: tuple[str, ...] = 
         raise KiMapError(f"unknown format {unknown[0]}", input_name="--formats", hint="use nrrd and/or nifti")
     volumes = [(image, folder / f"{stem}{suffixes[fmt]}") for fmt in formats
                for image, stem in ((result.ki67, "ki67_map"), (result.probability, "ki67_probability"),
-                                   (result.region, "region"), (result.labels, "tumour_labels")) if image is not None]
+                                   (result.lower, "ki67_lower"), (result.upper, "ki67_upper"),
+                                   (result.ood, "out_of_domain"), (result.region, "region"),
+                                   (result.labels, "tumour_labels")) if image is not None]
     with ThreadPoolExecutor(1) as writer:  # SimpleITK compresses and writes without the GIL, beside the overlay
         written = writer.submit(lambda: [sitk.WriteImage(image, str(path), useCompression=True)
                                          for image, path in volumes])
         if overlay:
             result.summary["overlay_slices"] = draw_overlay(
                 result.t1c, result.ki67, folder / "overlay.png", region=result.region, points_ijk=points_ijk,
-                point_labels=point_labels, title=f"ki67 map ({result.summary.get('model_id')}) — research use only")
+                point_labels=point_labels, out_of_domain=result.ood,
+                title=f"ki67 map ({result.summary.get('model_id')}) — research use only")
+            if result.lower is not None:
+                level = result.summary["uncertainty"]["intervals"]["level"]
+                uncertainty_picture(result.t1c, result.lower, result.upper, folder / "uncertainty.png",
+                                    region=result.region, out_of_domain=result.ood, points_ijk=points_ijk,
+                                    point_labels=point_labels, level=level,
+                                    title=f"how sure: interval width ({result.summary.get('model_id')})")
         written.result()
     (folder / "summary.json").write_text(json.dumps(result.summary, indent=2, default=str) + "\n")
 

@@ -12,7 +12,7 @@ import SimpleITK as sitk
 
 from KiMapLib.inputs.geometry import lps_axes, to_lps
 from KiMapLib.plotting import pyplot
-from KiMapLib.resources import KI67_WINDOW, color_table_rgba
+from KiMapLib.resources import INTERVAL_WIDTH_WINDOW, KI67_WINDOW, color_table_rgba
 
 
 def ki67_colormap():
@@ -47,24 +47,51 @@ def _slices(mapped: np.ndarray, points: list[tuple[str, tuple[int, int, int]]]) 
 
 def overlay(t1c: sitk.Image, ki67: sitk.Image, path: str | Path, *, region: sitk.Image | None = None,
             points_ijk: Sequence[Sequence[int]] | None = None, point_labels: Sequence[str] | None = None,
-            title: str = "") -> list[dict]:
+            out_of_domain: sitk.Image | None = None, title: str = "") -> list[dict]:
     """Save the overlay montage and return its slices: ``[{"index_k": ..., "s_mm": ..., "biopsies": [...]}]``.
 
     The map is drawn with the shipped color table over the window :data:`KiMapLib.resources.KI67_WINDOW`; values
-    outside the window are outlined in white and counted in the caption (never saturated silently).
+    outside the window are outlined in white and counted in the caption (never saturated silently); voxels whose
+    out-of-domain score exceeds 1 are outlined in magenta and counted.
     """
+    return _montage(t1c, ki67, path, ki67_colormap(), KI67_WINDOW, "ki67 estimate (%)", region=region,
+                    points_ijk=points_ijk, point_labels=point_labels, out_of_domain=out_of_domain,
+                    title=title or "ki67 map")
+
+
+def uncertainty_picture(t1c: sitk.Image, lower: sitk.Image, upper: sitk.Image, path: str | Path, *,
+                        region: sitk.Image | None = None, out_of_domain: sitk.Image | None = None,
+                        points_ijk: Sequence[Sequence[int]] | None = None, point_labels: Sequence[str] | None = None,
+                        level: float | None = None, title: str = "") -> list[dict]:
+    """Save ``uncertainty.png``: the width of the prediction interval (upper - lower, percentage points) on the
+    slices of the overlay, in a fixed window (:data:`KiMapLib.resources.INTERVAL_WIDTH_WINDOW`) so that maps can be
+    compared; out-of-domain voxels outlined in magenta."""
+    from matplotlib import colormaps
+
+    width = sitk.Subtract(sitk.Cast(upper, sitk.sitkFloat32), sitk.Cast(lower, sitk.sitkFloat32))
+    colormap = colormaps["viridis"].with_extremes(bad=(0, 0, 0, 0))
+    what = f"{level:.0%} interval width (ki67 percentage points)" if level else "interval width (points)"
+    return _montage(t1c, width, path, colormap, INTERVAL_WIDTH_WINDOW, what, region=region, points_ijk=points_ijk,
+                    point_labels=point_labels, out_of_domain=out_of_domain, title=title or "interval width")
+
+
+def _montage(t1c: sitk.Image, image: sitk.Image, path: str | Path, colormap, window: tuple[float, float],
+             what: str, *, region: sitk.Image | None, points_ijk: Sequence[Sequence[int]] | None,
+             point_labels: Sequence[str] | None, out_of_domain: sitk.Image | None, title: str) -> list[dict]:
     plt = pyplot()
     order, flips, spacing = lps_axes(t1c)
     shape = sitk.GetArrayViewFromImage(t1c).shape
     base = to_lps(sitk.GetArrayViewFromImage(t1c), order, flips).astype(np.float32)
-    values = to_lps(sitk.GetArrayViewFromImage(ki67), order, flips).astype(np.float32)
+    values = to_lps(sitk.GetArrayViewFromImage(image), order, flips).astype(np.float32)
     mapped = np.isfinite(values)
     outline = to_lps(sitk.GetArrayViewFromImage(region), order, flips) > 0 if region is not None else mapped
+    foreign = (to_lps(sitk.GetArrayViewFromImage(out_of_domain), order, flips) > 1.0 if out_of_domain is not None
+               else np.zeros_like(mapped))
     labels = list(point_labels or [f"B{n + 1}" for n in range(len(points_ijk or []))])
     points = [(label, _lps_index(ijk, shape, order, flips))
               for label, ijk in zip(labels, points_ijk or [], strict=True)]
     slices = _slices(mapped, points)
-    low_window, high_window = KI67_WINDOW
+    low_window, high_window = window
     clipped = mapped & ((values < low_window) | (values > high_window))
     brain = np.nonzero(base != 0)
     crop = tuple(slice(max(0, int(w.min()) - 4), int(w.max()) + 5) for w in brain[1:]) if brain[0].size else (
@@ -73,28 +100,27 @@ def overlay(t1c: sitk.Image, ki67: sitk.Image, path: str | Path, *, region: sitk
     columns = min(4, len(slices))
     rows = -(-len(slices) // columns)
     fig, axes = plt.subplots(rows, columns, figsize=(3.3 * columns, 3.5 * rows + 0.9), squeeze=False, dpi=110)
-    colormap = ki67_colormap()
     shown = None
     info = []
     for ax, (z, biopsies) in zip(axes.flat, slices, strict=False):
-        window = (slice(None), *crop)
         aspect = spacing[1] / spacing[0]
         # LPS arrays: x to the patient's left, y to posterior; radiological display puts the patient's right on the
         # left and anterior at the top, which is the array as it is.
-        ax.imshow(base[z][window[1:]], cmap="gray", vmin=grey_low, vmax=grey_high, aspect=aspect,
-                  interpolation="nearest")
-        shown = ax.imshow(np.ma.masked_invalid(values[z][window[1:]]), cmap=colormap, vmin=low_window,
+        ax.imshow(base[z][crop], cmap="gray", vmin=grey_low, vmax=grey_high, aspect=aspect, interpolation="nearest")
+        shown = ax.imshow(np.ma.masked_invalid(values[z][crop]), cmap=colormap, vmin=low_window,
                           vmax=high_window, alpha=0.8, aspect=aspect, interpolation="nearest")
         if outline[z].any():
-            ax.contour(outline[z][window[1:]], levels=[0.5], colors=["white"], linewidths=0.7)
+            ax.contour(outline[z][crop], levels=[0.5], colors=["white"], linewidths=0.7)
         if clipped[z].any():
-            ax.contour(clipped[z][window[1:]], levels=[0.5], colors=["white"], linewidths=1.2, linestyles="dashed")
+            ax.contour(clipped[z][crop], levels=[0.5], colors=["white"], linewidths=1.2, linestyles="dashed")
+        if foreign[z].any():
+            ax.contour(foreign[z][crop], levels=[0.5], colors=["magenta"], linewidths=1.2, linestyles="dotted")
         for label, (pz, py, px) in points:
             if pz == z:
                 x, y = px - (crop[1].start or 0), py - (crop[0].start or 0)
                 ax.plot(x, y, "c+", ms=11, mew=2)
                 ax.text(x + 3, y - 3, label, color="cyan", fontsize=8, fontweight="bold")
-        height, width = base[z][window[1:]].shape
+        height, width = base[z][crop].shape
         style = {"color": "yellow", "fontsize": 8, "ha": "center", "va": "center"}
         for text, (x, y) in zip("APRL", ((width / 2, height * 0.03), (width / 2, height * 0.97),
                                          (width * 0.03, height / 2), (width * 0.97, height / 2)), strict=True):
@@ -107,10 +133,15 @@ def overlay(t1c: sitk.Image, ki67: sitk.Image, path: str | Path, *, region: sitk
     for ax in list(axes.flat)[len(slices):]:
         ax.set_axis_off()
     bar = fig.colorbar(shown, ax=axes.ravel().tolist(), orientation="horizontal", fraction=0.05, pad=0.04, aspect=40)
-    bar.set_label(f"ki67 estimate (%), window {low_window:g}-{high_window:g} %; transparent: not mapped "
-                  "(outside the region, necrotic core)" + (f"; {int(clipped.sum())} voxels outside the window, "
-                                                           "outlined dashed" if clipped.any() else ""), fontsize=8)
-    fig.suptitle(title or "ki67 map", fontsize=10)
+    notes = [f"{what}, window {low_window:g}-{high_window:g}; transparent: not mapped (outside the region, "
+             "necrotic core)"]
+    if clipped.any():
+        notes.append(f"{int(clipped.sum())} voxels outside the window, outlined dashed")
+    if foreign.any():
+        share = foreign.sum() / max(mapped.sum(), 1)
+        notes.append(f"{int(foreign.sum())} voxels out of the model's domain ({share:.1%}), outlined magenta dotted")
+    bar.set_label("; ".join(notes), fontsize=8)
+    fig.suptitle(title, fontsize=10)
     fig.savefig(path, facecolor="white")
     plt.close(fig)
     return info

@@ -22,7 +22,7 @@ import numpy as np
 from KiMapLib.atomic import atomic_directory
 from KiMapLib.errors import KiMapError, ModelError
 from KiMapLib.model.design import design_matrix
-from KiMapLib.model.pipeline_check import check_pipeline
+from KiMapLib.model.pipeline_check import check_pipeline, check_spread
 from KiMapLib.model.skops_audit import audit_model_file
 from KiMapLib.outputs import sha256_file
 from KiMapLib.resources import models_dir, resources_dir
@@ -72,9 +72,19 @@ def _schema_message(error) -> str:
 def _card_consistency(card: dict) -> str | None:
     """What the schema cannot say: numbers are finite (NaN passes JSON Schema bounds), settings fit together, and
     the feature lists agree with each other (None when all is well)."""
-    for section, key in (("target", "threshold_percent"), ("probability", "slope"), ("probability", "intercept")):
-        if not math.isfinite(card[section][key]):
-            return f"model card field {section}/{key} is {card[section][key]} (a finite number is needed)"
+    if not math.isfinite(card["target"]["threshold_percent"]):
+        value = card["target"]["threshold_percent"]
+        return f"model card field target/threshold_percent is {value} (a finite number is needed)"
+    if "uncertainty" not in card:
+        for key in ("slope", "intercept"):  # Platt scaling: cards without prediction intervals
+            value = card["probability"].get(key)
+            if value is None:
+                return f"model card field probability/{key} is missing (a card without uncertainty needs it)"
+            if not math.isfinite(value):
+                return f"model card field probability/{key} is {value} (a finite number is needed)"
+    problem = _uncertainty_consistency(card)
+    if problem:
+        return problem
     try:
         ExtractionSettings.from_dict(card["extraction"]).check("extraction")
     except KiMapError as error:
@@ -92,6 +102,35 @@ def _card_consistency(card: dict) -> str | None:
             return f"model card: used feature {name} needs {sequence}, which is not in required_sequences"
         if rest.split("_", 1)[0] not in card["extraction"]["feature_classes"]:
             return f"model card: used feature {name} is of a class outside extraction/feature_classes"
+    return None
+
+
+def _uncertainty_consistency(card: dict) -> str | None:
+    """The sections uncertainty and domain: finite numbers, shapes that fit their columns, columns of the pipeline."""
+    uncertainty, domain = card.get("uncertainty"), card.get("domain")
+    if domain is not None and uncertainty is None:
+        return "model card: section domain without section uncertainty"
+    if uncertainty is None:
+        return None
+    columns = uncertainty["columns"]
+    selected = set(card.get("selected_columns") or card["input_features"])
+    if any(name not in selected for name in columns):
+        return "model card: uncertainty/columns names a column the pipeline does not select"
+    if not np.isfinite(np.asarray(uncertainty["scores"], dtype=float)).all() \
+            or not math.isfinite(uncertainty["spread_floor"]) or not math.isfinite(uncertainty["level"]):
+        return "model card: uncertainty holds a number that is not finite"
+    if domain is not None:
+        if domain["columns"] != columns:
+            return "model card: domain/columns differ from uncertainty/columns"
+        centre = np.asarray(domain["centre"], dtype=float)
+        try:
+            precision = np.asarray(domain["precision"], dtype=float)
+        except ValueError:
+            return "model card: domain/precision is not a square matrix"
+        if centre.shape != (len(columns),) or precision.shape != (len(columns), len(columns)):
+            return f"model card: domain centre/precision do not fit its {len(columns)} columns"
+        if not (np.isfinite(centre).all() and np.isfinite(precision).all() and math.isfinite(domain["threshold"])):
+            return "model card: domain holds a number that is not finite"
     return None
 
 
@@ -131,8 +170,9 @@ class KiMapModel:
     """A loaded, verified model: predicts ki67 (%) and P(ki67 >= threshold) from cohort-table rows."""
 
     card: dict
-    pipeline: object  # the fitted pipeline (a Future while ``load_model(..., background=True)`` reads it)
+    pipeline: object  # the fitted pipeline (a Future of (pipeline, spread) while a background load reads it)
     path: Path
+    spread: object = None  # the fitted spread model of the prediction intervals (None in models without them)
     settings: ExtractionSettings = field(init=False)
 
     def __post_init__(self) -> None:
@@ -159,30 +199,116 @@ class KiMapModel:
     def threshold_percent(self) -> float:
         return float(self.card["target"]["threshold_percent"])
 
-    def predict_matrix(self, matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """ki67 (%) clipped to [0, 100] and calibrated P(ki67 >= threshold) for a design matrix."""
-        if isinstance(self.pipeline, Future):
-            self.pipeline = self.pipeline.result()  # raises the loader's ModelError, if any
-        ki67 = np.clip(self.pipeline.predict(matrix), 0.0, 100.0)
-        return ki67, self.probability(ki67)
+    @property
+    def interval_level(self) -> float | None:
+        """Default level of the prediction intervals (None for a model trained without them)."""
+        uncertainty = self.card.get("uncertainty")
+        return float(uncertainty["level"]) if uncertainty else None
 
-    def probability(self, ki67: np.ndarray) -> np.ndarray:
+    @property
+    def domain_threshold(self) -> float | None:
+        domain = self.card.get("domain")
+        return float(domain["threshold"]) if domain else None
+
+    def _fitted(self) -> tuple[object, object]:
+        if isinstance(self.pipeline, Future):
+            self.pipeline, self.spread = self.pipeline.result()  # raises the loader's ModelError, if any
+        return self.pipeline, self.spread
+
+    def predict(self, matrix: np.ndarray, level: float | None = None) -> Prediction:
+        """ki67 (%) with its prediction interval at ``level`` (default: the card's), P(ki67 >= threshold) from the
+        predictive distribution, and the out-of-domain score, for a design matrix (rows x input_features).
+
+        A model without uncertainty parts (trained before KiMap 0.4) gives NaN intervals and scores and its
+        Platt probability."""
+        pipeline, spread_model = self._fitted()
+        mu = np.asarray(pipeline.predict(matrix), dtype=float)
+        ki67 = np.clip(mu, 0.0, 100.0)
+        nan = np.full(len(mu), np.nan)
+        uncertainty, domain = self.card.get("uncertainty"), self.card.get("domain")
+        if not uncertainty or spread_model is None:
+            return Prediction(ki67, nan, nan.copy(), self._platt(ki67), nan.copy(), level)
+        from KiMapLib.model import intervals
+        from KiMapLib.model.domain import domain_score
+        from KiMapLib.model.transformed import transformed
+
+        level = float(uncertainty["level"]) if level is None else float(level)
+        check_level(level)
+        z, _ = transformed(pipeline, matrix)
+        spread = intervals.predict_spread(spread_model, z, float(uncertainty["spread_floor"]))
+        scores = np.asarray(uncertainty["scores"], dtype=float)
+        lower, upper = intervals.interval(mu, spread, scores, level)
+        p_high = intervals.exceedance_probability(mu, spread, scores, self.threshold_percent)
+        ood = domain_score(domain, z) / float(domain["threshold"]) if domain else nan
+        return Prediction(ki67, np.clip(lower, 0.0, 100.0), np.clip(upper, 0.0, 100.0), p_high, ood, level, spread)
+
+    def predict_matrix(self, matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """ki67 (%) clipped to [0, 100] and P(ki67 >= threshold) for a design matrix."""
+        prediction = self.predict(matrix)
+        return prediction.ki67, prediction.p_high
+
+    def _platt(self, ki67: np.ndarray) -> np.ndarray:
         platt = self.card["probability"]
         return 1.0 / (1.0 + np.exp(-(platt["slope"] * np.asarray(ki67) + platt["intercept"])))
 
-    def predict_rows(self, rows: list[dict]) -> tuple[np.ndarray, np.ndarray]:
-        return self.predict_matrix(design_matrix(rows, self.input_features))
+    def predict_rows(self, rows: list[dict], level: float | None = None) -> Prediction:
+        return self.predict(design_matrix(rows, self.input_features), level)
+
+    def top_contributions(self, rows: list[dict], n: int = 3) -> list[list[tuple[str, float]]]:
+        """The ``n`` largest contributions (ki67 percentage points, by absolute size) to each row's prediction:
+        exact for linear models, TreeSHAP for forests (KiMapLib.model.explain)."""
+        from KiMapLib.model.explain import contributions, top_contributions
+
+        pipeline, _ = self._fitted()
+        explanation = contributions(pipeline, design_matrix(rows, self.input_features), self.input_features)
+        return [top_contributions(explanation.names, values, n) for values in explanation.values]
 
 
-def save_bundle(pipeline: object, card: dict, out_dir: str | Path, extra_files: dict[str, bytes] | None = None
-                ) -> Path:
+def check_level(level: float) -> None:
+    """Interval levels KiMap computes: 0.5 to 0.99 (beyond that the calibration scores are too few)."""
+    if not (math.isfinite(level) and 0.5 <= level <= 0.99):
+        raise ModelError(f"interval level {level} is outside 0.5-0.99", input_name="--interval-level",
+                         hint="give e.g. 0.9 for 90 % intervals")
+
+
+@dataclass
+class Prediction:
+    """What a model says about each row: ki67 (%), its interval [lower, upper] at ``level``, P(ki67 >= threshold),
+    and the out-of-domain score (distance from the training biopsies' features in units of the card's threshold:
+    > 1 is out of domain). NaN where the model has no such part."""
+
+    ki67: np.ndarray
+    lower: np.ndarray
+    upper: np.ndarray
+    p_high: np.ndarray
+    ood: np.ndarray
+    level: float | None
+    spread: np.ndarray | None = None
+
+    @property
+    def out_of_domain(self) -> np.ndarray:
+        return np.asarray(self.ood > 1.0)
+
+    def take(self, rows: np.ndarray) -> Prediction:
+        """The predictions of ``rows`` (an index or mask)."""
+        spread = None if self.spread is None else self.spread[rows]
+        return Prediction(self.ki67[rows], self.lower[rows], self.upper[rows], self.p_high[rows], self.ood[rows],
+                          self.level, spread)
+
+
+def save_bundle(pipeline: object, card: dict, out_dir: str | Path, extra_files: dict[str, bytes] | None = None,
+                spread: object | None = None) -> Path:
     """Write ``model.skops`` and ``model_card.json`` (with the file's sha256) atomically into ``out_dir``; the
-    pipeline and the written file pass the same checks as a load (so every bundle written can be read back)."""
+    pipeline (and the intervals' ``spread`` model, when given) and the written file pass the same checks as a load
+    (so every bundle written can be read back)."""
     from KiMapLib.model.skops_import import import_skops_io
 
     sio = import_skops_io()
     content = {"pipeline": pipeline, "input_features": list(card["input_features"])}
+    if spread is not None:
+        content["spread"] = spread
     check_pipeline(content, len(card["input_features"]), str(out_dir))
+    _check_spread_card(content, card, str(out_dir))
     with atomic_directory(out_dir, "model bundle") as staging:
         sio.dump(content, staging / MODEL_FILE)
         audit_model_file((staging / MODEL_FILE).read_bytes(), str(out_dir), MODEL_FILE)
@@ -268,14 +394,15 @@ def load_model(path: str | Path | None = None, background: bool = False,
         loader = ThreadPoolExecutor(1, thread_name_prefix="kimap-model")
         pipeline = loader.submit(_read_pipeline, data, trusted, model_path.name, card, where, start_after)
         loader.shutdown(wait=False)
-    else:
-        pipeline = _read_pipeline(data, trusted, model_path.name, card, where)
-    return KiMapModel(card=card, pipeline=pipeline, path=folder)
+        return KiMapModel(card=card, pipeline=pipeline, path=folder)
+    pipeline, spread = _read_pipeline(data, trusted, model_path.name, card, where)
+    return KiMapModel(card=card, pipeline=pipeline, path=folder, spread=spread)
 
 
 def _read_pipeline(data: bytes, trusted: list[str], name: str, card: dict, where: str,
-                   start_after: threading.Event | None = None) -> object:
-    """The fitted pipeline of audited model bytes (skops trusting exactly ``trusted``), checked against its card."""
+                   start_after: threading.Event | None = None) -> tuple[object, object]:
+    """The fitted pipeline and spread model (or None) of audited model bytes (skops trusting exactly ``trusted``),
+    checked against its card."""
     if start_after is not None:
         start_after.wait()
     from KiMapLib.model.skops_import import import_skops_io
@@ -290,9 +417,22 @@ def _read_pipeline(data: bytes, trusted: list[str], name: str, card: dict, where
         raise ModelError("the feature list in the model file differs from its model card", input_name=where,
                          hint="the card and the model were not saved together; retrain")
     pipeline = check_pipeline(content, len(card["input_features"]), where, name)
+    spread = _check_spread_card(content, card, where, name)
     expected = ESTIMATOR_CLASSES.get(card.get("estimator", {}).get("name"))
     if expected and type(pipeline.steps[-1][1]).__name__ != expected:
         raise ModelError(f"the model card says {card['estimator']['name']} but {name} holds a "
                          f"{type(pipeline.steps[-1][1]).__name__}", input_name=where,
                          hint="the card and the model were not saved together; retrain")
-    return pipeline
+    return pipeline, spread
+
+
+def _check_spread_card(content: dict, card: dict, where: str, name: str = MODEL_FILE) -> object:
+    """The spread model and the card's uncertainty section come together (neither without the other)."""
+    uncertainty = card.get("uncertainty")
+    if (content.get("spread") is None) != (uncertainty is None):
+        raise ModelError("the model file and its card disagree on prediction intervals (spread model vs card "
+                         "section uncertainty)", input_name=where,
+                         hint="the card and the model were not saved together; retrain")
+    if uncertainty is None:
+        return None
+    return check_spread(content, len(uncertainty["columns"]), where, name)

@@ -255,8 +255,8 @@ def _check_tree(tree, n_features: int | None, path: str) -> None:
 def _check_structure(content: object, n_features: int) -> object:
     from sklearn.pipeline import Pipeline
 
-    if not isinstance(content, dict) or set(content) != {"pipeline", "input_features"}:
-        raise _Refused("(top level)", "must hold exactly pipeline and input_features")
+    if not isinstance(content, dict) or set(content) - {"spread"} != {"pipeline", "input_features"}:
+        raise _Refused("(top level)", "must hold exactly pipeline and input_features (and a spread model)")
     pipeline = content["pipeline"]
     if type(pipeline) is not Pipeline:
         raise _Refused("pipeline", f"a {type(pipeline).__name__}, not a scikit-learn Pipeline")
@@ -299,3 +299,35 @@ def check_pipeline(content: object, n_features: int, where: str, name: str = "mo
         raise ModelError(f"{name} predicts a non-finite value for a row of zeros", input_name=where,
                          hint="only bundles written by `kimap train` can be loaded")
     return pipeline
+
+
+#: Classes a spread model (the prediction intervals' local scale, KiMapLib.model.intervals) may have.
+SPREAD_CLASSES = ("RandomForestRegressor",)
+
+
+def check_spread(content: object, n_columns: int, where: str, name: str = "model.skops") -> object:
+    """The spread model in ``content`` (None when there is none) once it is an allow-listed estimator on the
+    ``n_columns`` transformed features of the card's ``uncertainty/columns`` and predicts a finite value."""
+    spread = content.get("spread") if isinstance(content, dict) else None
+    if spread is None:
+        return None
+    try:
+        if type(spread).__name__ not in SPREAD_CLASSES or type(spread).__module__.split(".")[0] != "sklearn":
+            raise _Refused("spread", f"a {type(spread).__name__}, not one of {', '.join(SPREAD_CLASSES)}")
+        _check_estimator(spread, "spread")
+        if vars(spread).get("n_features_in_") != n_columns:
+            raise _Refused("spread.n_features_in_", f"must be {n_columns} (the card's uncertainty columns)")
+    except _Refused as refused:
+        raise ModelError(f"{name} refused at {refused}", input_name=where,
+                         hint="only bundles written by `kimap train` can be loaded") from None
+    try:
+        with warnings.catch_warnings(), np.errstate(all="ignore"):
+            warnings.simplefilter("ignore")
+            trial = np.asarray(spread.predict(np.zeros((1, n_columns))), dtype=float)
+    except Exception as error:  # any failure of a hostile or broken model is one refusal
+        raise ModelError(f"{name}: the spread model cannot predict ({type(error).__name__})", input_name=where,
+                         hint="only bundles written by `kimap train` can be loaded") from None
+    if trial.shape != (1,) or not np.isfinite(trial).all():
+        raise ModelError(f"{name}: the spread model predicts a non-finite value", input_name=where,
+                         hint="only bundles written by `kimap train` can be loaded")
+    return spread

@@ -45,7 +45,7 @@ class Contributions:
 class _Path:
     """The unique path of algorithm 2, with the one-fractions and weights held per row (vectorised over rows)."""
 
-    __slots__ = ("feature", "zero", "one", "weight")
+    __slots__ = ("feature", "one", "weight", "zero")
 
     def __init__(self, feature: list[int], zero: list[float], one: np.ndarray, weight: np.ndarray):
         self.feature, self.zero, self.one, self.weight = feature, zero, one, weight
@@ -59,7 +59,7 @@ class _Path:
         i = np.arange(depth + 1, dtype=float)[:, None]
         weight = zero * old * (depth - i) / (depth + 1)
         weight[1:] += one * old[:-1] * i[1:] / (depth + 1)
-        return _Path(self.feature + [feature], self.zero + [zero], np.vstack([self.one, one[None, :]]), weight)
+        return _Path([*self.feature, feature], [*self.zero, zero], np.vstack([self.one, one[None, :]]), weight)
 
     def unwind(self, index: int) -> _Path:
         depth = len(self.feature) - 1  # index of the last element

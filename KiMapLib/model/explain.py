@@ -55,11 +55,15 @@ class _Path:
         n = one.shape[0]
         if depth == 0:
             return _Path([feature], [zero], one[None, :].copy(), np.ones((1, n)))
-        old = np.vstack([self.weight, np.zeros((1, n))])
-        i = np.arange(depth + 1, dtype=float)[:, None]
-        weight = zero * old * (depth - i) / (depth + 1)
-        weight[1:] += one * old[:-1] * i[1:] / (depth + 1)
-        return _Path([*self.feature, feature], [*self.zero, zero], np.vstack([self.one, one[None, :]]), weight)
+        weight = np.empty((depth + 1, n))
+        scale = np.arange(depth, 0, -1, dtype=float)[:, None] * (zero / (depth + 1))  # zero * (depth - i) / (l + 1)
+        np.multiply(self.weight, scale, out=weight[:depth])
+        weight[depth] = 0.0
+        weight[1:] += self.weight * (np.arange(1, depth + 1, dtype=float)[:, None] / (depth + 1)) * one
+        ones = np.empty((depth + 1, n))
+        ones[:depth] = self.one
+        ones[depth] = one
+        return _Path([*self.feature, feature], [*self.zero, zero], ones, weight)
 
     def unwind(self, index: int) -> _Path:
         depth = len(self.feature) - 1  # index of the last element
@@ -83,17 +87,17 @@ class _Path:
         one = self.one[1:]
         zero = np.asarray(self.zero[1:], dtype=float)[:, None]
         hot = one != 0
-        safe_one = np.where(hot, one, 1.0)
-        safe_zero = np.where(zero != 0, zero, 1.0)
-        following = np.broadcast_to(self.weight[depth], one.shape)
+        inverse_one = 1.0 / np.where(hot, one, 1.0)
+        following = self.weight[depth]
         total_hot = np.zeros(one.shape)
-        total_cold = np.zeros(one.shape)
         for i in range(depth - 1, -1, -1):
-            part = following * (depth + 1) / ((i + 1) * safe_one)
+            part = following * inverse_one * ((depth + 1) / (i + 1))
             total_hot += part
-            following = self.weight[i] - part * zero * (depth - i) / (depth + 1)
-            total_cold += self.weight[i] * (depth + 1) / (safe_zero * (depth - i))
-        return np.where(hot, total_hot, np.where(zero != 0, total_cold, 0.0))
+            following = self.weight[i] - part * (zero * ((depth - i) / (depth + 1)))
+        # cold rows (one = 0): no recursion, sum_i w_i (l + 1) / (zero (l - i))
+        cold_sum = (depth + 1) * (1.0 / np.arange(depth, 0, -1, dtype=float)) @ self.weight[:depth]
+        total_cold = np.where(zero != 0, cold_sum / np.where(zero != 0, zero, 1.0), 0.0)
+        return np.where(hot, total_hot, total_cold)
 
 
 def _goes_left(tree, node: int, column: np.ndarray) -> np.ndarray:

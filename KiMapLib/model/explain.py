@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from KiMapLib.errors import ModelError
-from KiMapLib.model.transformed import _tree_list, transformed_names, used_columns
+from KiMapLib.model.transformed import fitted_trees, transformed_names, used_columns
 
 
 @dataclass
@@ -151,7 +151,7 @@ def tree_shap(tree_model, z: np.ndarray) -> tuple[float, np.ndarray]:
 
 def _tree_ensemble_shap(regressor, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(base per row, contributions) of a tree, forest or gradient-boosting regressor."""
-    trees = _tree_list(regressor)
+    trees = fitted_trees(regressor)
     if hasattr(regressor, "tree_"):
         expected, phi = tree_shap(regressor, z)
         return np.full(z.shape[0], expected), phi
@@ -180,7 +180,7 @@ def contributions(pipeline, matrix: np.ndarray, input_names: Sequence[str] | Non
         coef = np.asarray(coef, dtype=float).reshape(-1)
         base = np.full(z_all.shape[0], float(np.asarray(regressor.intercept_).reshape(-1)[0]))
         return Contributions(base, (z_all * coef)[:, used], names)
-    if _tree_list(regressor) is not None:
+    if fitted_trees(regressor) is not None:
         base, phi = _tree_ensemble_shap(regressor, z_all)
         return Contributions(base, phi[:, used], names)
     raise ModelError(f"no exact explanation for a {type(regressor).__name__}", input_name="model",

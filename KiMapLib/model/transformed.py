@@ -13,7 +13,7 @@ import numpy as np
 from KiMapLib.errors import ModelError
 
 
-def _tree_list(regressor) -> list | None:
+def fitted_trees(regressor) -> list | None:
     """The fitted decision trees of a tree model (one tree, a forest or gradient boosting), else None."""
     if hasattr(regressor, "tree_"):
         return [regressor]
@@ -34,7 +34,7 @@ def used_columns(pipeline) -> np.ndarray:
     coef = getattr(regressor, "coef_", None)
     if coef is not None:
         return np.flatnonzero(np.abs(np.asarray(coef, dtype=float).reshape(-1)) > 0)
-    trees = _tree_list(regressor)
+    trees = fitted_trees(regressor)
     if trees is not None:
         n_features = int(regressor.n_features_in_)
         used = np.zeros(n_features, dtype=bool)

@@ -12,7 +12,7 @@ from typing import Annotated, Union
 import qt
 import slicer
 import vtk
-from slicer.parameterNodeWrapper import WithinRange, parameterNodeWrapper
+from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
     ScriptedLoadableModuleLogic,
@@ -33,6 +33,7 @@ from KiMapLib.slicer import (  # the MRML adapter: the only part of KiMapLib thi
     missing_dependencies,
     resources_dir,
     set_map_display,
+    uncertainty_text,
 )
 from KiMapLib.slicer import KiMapLogic as KiMapMRMLLogic
 
@@ -77,6 +78,7 @@ class KiMapParameterNode:
     opacity: Annotated[float, WithinRange(0.0, 1.0)] = 0.6
     threshold: Annotated[float, WithinRange(0.0, 100.0)] = 0.0
     showLegend: bool = True
+    showLayer: Annotated[str, Choice(["ki67", "lower", "upper", "probability", "ood"])] = "ki67"
     exportDirectory: Path
     exportNrrd: bool = True
     exportNifti: bool = True
@@ -175,7 +177,9 @@ class KiMapWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             legend = add_color_legend(parameters.ki67Map)
         if legend is not None:
             legend.SetVisibility(parameters.showLegend)
-        slicer.util.setSliceViewerLayers(foreground=parameters.ki67Map, foregroundOpacity=parameters.opacity)
+        shown = self.logic.mapNodes(parameters.ki67Map).get(parameters.showLayer, parameters.ki67Map)
+        slicer.util.setSliceViewerLayers(foreground=shown, foregroundOpacity=parameters.opacity)
+        self.ui.uncertaintyLabel.text = uncertainty_text(parameters.ki67Map)
 
     # -- inputs and model ---------------------------------------------------------------------------------------
 
@@ -290,7 +294,7 @@ class KiMapWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             slicer.util.setSliceViewerLayers(background=parameters.t1cVolume, foreground=nodes[0],
                                              foregroundOpacity=parameters.opacity, fit=True)
             self.updateMapDisplay()
-            self.ui.statusLabel.text = "ki67 map computed (research use only)."
+            self.ui.statusLabel.text = "ki67 map computed (research use only). " + uncertainty_text(nodes[0])
 
     def onExport(self):
         parameters = self._parameterNode

@@ -27,6 +27,10 @@ from KiMapLib.progress import ProgressCallback, report
 MAP_FILE = "ki67_map.nrrd"
 PROBABILITY_FILE = "ki67_probability.nrrd"
 REGION_FILE = "region.nrrd"
+#: Written by `kimap map` for models with prediction intervals (exported when present).
+UNCERTAINTY_FILES = {"lower": "ki67_lower.nrrd", "upper": "ki67_upper.nrrd", "ood": "out_of_domain.nrrd"}
+OOD_ROI_NAME = "KiMap out of domain"
+OOD_COLOR = (255, 0, 255)
 SUMMARY_FILE = "summary.json"
 REPORT_FILE = "export_report.json"
 FORMATS = ("dicom", "nrrd", "nifti")
@@ -109,7 +113,16 @@ def load_map(map_dir: str | Path) -> dict:
             raise GeometryError(f"grid {grid_description(image)} differs from {MAP_FILE}'s {grid_description(ki67)}",
                                 input_name=name)
     summary = read_summary(map_dir / SUMMARY_FILE, "--map")
+    extras = {}
+    for kind, name in UNCERTAINTY_FILES.items():
+        if (map_dir / name).is_file():
+            image = _read_map_volume(map_dir, name)
+            if not same_grid(image, ki67, GRID_MATCH_MM):
+                raise GeometryError(f"grid {grid_description(image)} differs from {MAP_FILE}'s "
+                                    f"{grid_description(ki67)}", input_name=name)
+            extras[kind] = sitk.Cast(image, sitk.sitkFloat32)
     return {
+        "uncertainty_images": extras,
         "image": sitk.Cast(ki67, sitk.sitkFloat32),
         "probability_image": sitk.Cast(probability, sitk.sitkFloat32),
         "ki67": sitk.GetArrayFromImage(ki67).astype(np.float32),
@@ -152,7 +165,8 @@ def check_reference(map_data: dict, datasets: list, reference: sitk.Image, refer
 
 def _map_files(map_dir: Path) -> list[tuple[str, Path]]:
     """The files of a map folder the export reads (none of them may be an output)."""
-    return [(f"--map {name}", map_dir / name) for name in (MAP_FILE, PROBABILITY_FILE, REGION_FILE, SUMMARY_FILE)]
+    return [(f"--map {name}", map_dir / name) for name in (MAP_FILE, PROBABILITY_FILE, REGION_FILE, SUMMARY_FILE,
+                                                          *UNCERTAINTY_FILES.values())]
 
 
 def _series_files(reference_dir: Path) -> list[tuple[str, Path]]:
@@ -218,6 +232,11 @@ def export_planning(
                              hint="choose a lower level or leave it out")
         rois.append((level, Roi(level.name(threshold), PALETTE[index % len(PALETTE)], mask,
                                 description=f"KiMap iso-level {level.quantity} >= {level.value:g} (research only)")))
+    ood_image = map_data["uncertainty_images"].get("ood")
+    ood_mask = (sitk.GetArrayFromImage(ood_image) > 1.0) & region if ood_image is not None else None
+    ood_roi = (Roi(OOD_ROI_NAME, OOD_COLOR, ood_mask, description="voxels whose features lie outside the model's "
+                   "training data (out-of-domain score > 1): the ki67 estimate there is unreliable")
+               if ood_mask is not None and ood_mask.any() else None)
 
     first = datasets[0]
     source_link = {k: str(first.get(k, "")) for k in ("StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID",
@@ -232,6 +251,8 @@ def export_planning(
         "formats": list(formats),
         "outside_region_value_in_parametric_maps": OUTSIDE_VALUE,
         "rois": [],
+        "uncertainty": map_data["summary"].get("uncertainty"),
+        "out_of_domain_roi": None,
         "warnings": [],
         "dicom": {},
         "files": files,
@@ -242,6 +263,15 @@ def export_planning(
             result["rois"].append({"name": roi.name, "level": f"{level.quantity}>={level.value:g}",
                                    "color": list(roi.color), "voxels": int(roi.mask.sum()),
                                    "volume_ml": round(int(roi.mask.sum()) * voxel_ml, 3)})
+            if ood_mask is not None and (roi.mask & ood_mask).any():
+                share = (roi.mask & ood_mask).sum() / roi.mask.sum()
+                result["rois"][-1]["out_of_domain_fraction"] = round(float(share), 4)
+                result["warnings"].append(f"ROI '{roi.name}': {share:.1%} of its voxels are out of the model's "
+                                          f"domain (ROI '{OOD_ROI_NAME}')")
+        if ood_roi is not None:
+            result["out_of_domain_roi"] = {"name": OOD_ROI_NAME, "color": list(OOD_COLOR),
+                                           "voxels": int(ood_roi.mask.sum()),
+                                           "volume_ml": round(int(ood_roi.mask.sum()) * voxel_ml, 3)}
         if "dicom" in formats:
             dicom_dir = staging / "dicom"
             dicom_dir.mkdir()
@@ -256,7 +286,8 @@ def export_planning(
                 result["dicom"][kind] = {"SeriesInstanceUID": str(pm.SeriesInstanceUID),
                                          "SOPInstanceUID": str(pm.SOPInstanceUID)}
             report(progress, 0.6, "tracing iso-level contours")
-            rtstruct = build_rtstruct([roi for _, roi in rois], reference, datasets, series_number=902,
+            all_rois = [roi for _, roi in rois] + ([ood_roi] if ood_roi is not None else [])
+            rtstruct = build_rtstruct(all_rois, reference, datasets, series_number=902,
                                       software_version=__version__)
             rtstruct.save_as(dicom_dir / "KiMap_ki67_levels_RTSTRUCT.dcm", enforce_file_format=True)
             files.append("dicom/KiMap_ki67_levels_RTSTRUCT.dcm")
@@ -274,11 +305,17 @@ def export_planning(
         region_image.CopyInformation(map_data["image"])
         # The region tells "not mapped" from "0": ITK's NIfTI reader (hence Slicer) reads NaN back as 0.
         volumes = [("ki67_map", map_data["image"]), ("ki67_probability", map_data["probability_image"]),
+                   *((Path(UNCERTAINTY_FILES[kind]).stem, image) for kind, image in
+                     map_data["uncertainty_images"].items()),
                    ("region", region_image)]
         for level, roi in rois:
             mask = sitk.GetImageFromArray(roi.mask.astype(np.uint8))
             mask.CopyInformation(map_data["image"])
             volumes.append((f"roi_{level.slug}", mask))
+        if ood_roi is not None:
+            mask = sitk.GetImageFromArray(ood_roi.mask.astype(np.uint8))
+            mask.CopyInformation(map_data["image"])
+            volumes.append(("roi_out_of_domain", mask))
         for fmt, suffix in (("nrrd", ".nrrd"), ("nifti", ".nii.gz")):
             if fmt not in formats:
                 continue

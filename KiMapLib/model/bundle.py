@@ -116,8 +116,7 @@ def _uncertainty_consistency(card: dict) -> str | None:
     selected = set(card.get("selected_columns") or card["input_features"])
     if any(name not in selected for name in columns):
         return "model card: uncertainty/columns names a column the pipeline does not select"
-    if not np.isfinite(np.asarray(uncertainty["scores"], dtype=float)).all() \
-            or not math.isfinite(uncertainty["spread_floor"]) or not math.isfinite(uncertainty["level"]):
+    if not np.isfinite(np.asarray(uncertainty["scores"], dtype=float)).all() or not math.isfinite(uncertainty["level"]):
         return "model card: uncertainty holds a number that is not finite"
     if domain is not None:
         if domain["columns"] != columns:
@@ -235,7 +234,10 @@ class KiMapModel:
         level = float(uncertainty["level"]) if level is None else float(level)
         check_level(level)
         z, _ = transformed(pipeline, matrix)
-        spread = intervals.predict_spread(spread_model, z, float(uncertainty["spread_floor"]))
+        if z.shape[1] != len(uncertainty["columns"]):
+            raise ModelError("the model's used columns differ from its card's uncertainty/columns",
+                             input_name=str(self.path), hint="the card and the model were not saved together; retrain")
+        spread = intervals.predict_spread(spread_model, z)
         scores = np.asarray(uncertainty["scores"], dtype=float)
         lower, upper = intervals.interval(mu, spread, scores, level)
         p_high = intervals.exceedance_probability(mu, spread, scores, self.threshold_percent)

@@ -13,14 +13,15 @@ Console example (Slicer's Python console)::
     table = logic.predictBiopsies(volumes, getNode("Biopsies"), model)
     tumour = logic.proposeTumorRegion(volumes)   # three editable segments; refused when not plausible
     ki67Node, probabilityNode = logic.computeMap(volumes, tumour, model)
+    parts = logic.mapNodes(ki67Node)             # also "lower", "upper" (90 % interval) and "ood" (out of domain)
     logic.exportMap(ki67Node, "/tmp/kimap", probabilityNode=probabilityNode, tableNode=table)
 """
 
 from KiMapLib.errors import Cancelled, KiMapError
 from KiMapLib.resources import resources_dir
 from KiMapLib.slicer.dependencies import dependency_message, missing_dependencies
-from KiMapLib.slicer.display import add_color_legend, set_map_display
+from KiMapLib.slicer.display import add_color_legend, set_map_display, uncertainty_text
 from KiMapLib.slicer.logic import KiMapLogic
 
 __all__ = ["Cancelled", "KiMapError", "KiMapLogic", "add_color_legend", "dependency_message", "missing_dependencies",
-           "resources_dir", "set_map_display"]
+           "resources_dir", "set_map_display", "uncertainty_text"]

@@ -2,24 +2,39 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import slicer
 
 from KiMapLib.errors import KiMapError
-from KiMapLib.resources import KI67_WINDOW, PROBABILITY_WINDOW, color_table_path
+from KiMapLib.resources import KI67_WINDOW, OOD_WINDOW, PROBABILITY_WINDOW, color_table_path
 from KiMapLib.slicer.scene_io import module_logic
 
 #: Value of map nodes outside the mapped region (as in the files); transparent in slice views.
 OUTSIDE_VALUE = math.nan
 COLOR_TABLE_NAME = "KiMapKi67"
 #: Node attributes KiMap sets (saved with the scene).
-ATTRIBUTE_MAP = "KiMap.Map"  # "ki67" or "probability"
+ATTRIBUTE_MAP = "KiMap.Map"  # "ki67", "probability", "lower", "upper" or "ood" (MAP_KINDS)
 ATTRIBUTE_MODEL = "KiMap.ModelId"
 ATTRIBUTE_SUMMARY = "KiMap.Summary"  # JSON of the map summary
 ATTRIBUTE_PARTNER = "KiMap.ProbabilityNodeID"  # on the ki67 node
 ATTRIBUTE_TABLE = "KiMap.BiopsyTable"  # on the markups node
 ATTRIBUTE_T1C = "KiMap.T1cNodeID"  # on the map nodes
+#: Each kind of map node: (display window, legend title, legend label format, unit, name suffix, file stem).
+MAP_KINDS = {
+    "ki67": (KI67_WINDOW, "ki67 (%)", "%.0f", "%", "ki67", "ki67_map"),
+    "probability": (PROBABILITY_WINDOW, "P(high)", "%.1f", "", "P(high)", "ki67_probability"),
+    "lower": (KI67_WINDOW, "ki67 lower bound (%)", "%.0f", "%", "ki67 lower", "ki67_lower"),
+    "upper": (KI67_WINDOW, "ki67 upper bound (%)", "%.0f", "%", "ki67 upper", "ki67_upper"),
+    "ood": (OOD_WINDOW, "out-of-domain score (>1: out)", "%.1f", "", "out of domain", "out_of_domain"),
+}
+#: On the ki67 node: the node IDs of its interval bounds and out-of-domain map ("KiMap.lowerNodeID", ...).
+UNCERTAINTY_KINDS = ("lower", "upper", "ood")
+
+
+def partner_attribute(kind: str) -> str:
+    return ATTRIBUTE_PARTNER if kind == "probability" else f"KiMap.{kind}NodeID"
 
 
 def color_table_node(scene=None):
@@ -51,7 +66,7 @@ def set_map_display(node, *, window: tuple[float, float] | None = None, lower_th
     was_modifying = display.StartModify()
     display.SetAndObserveColorNodeID((color_node or color_table_node(node.GetScene())).GetID())
     if window is None:
-        window = KI67_WINDOW if node.GetAttribute(ATTRIBUTE_MAP) != "probability" else PROBABILITY_WINDOW
+        window = MAP_KINDS.get(node.GetAttribute(ATTRIBUTE_MAP) or "ki67", MAP_KINDS["ki67"])[0]
     display.AutoWindowLevelOff()
     display.SetWindowLevelMinMax(*window)
     display.AutoThresholdOff()
@@ -68,8 +83,9 @@ def add_color_legend(node):
         return None
     legend = colors.AddDefaultColorLegendDisplayNode(node)
     if legend is not None:
-        legend.SetTitleText("ki67 (%)" if node.GetAttribute(ATTRIBUTE_MAP) != "probability" else "P(high)")
-        legend.SetLabelFormat("%.0f" if node.GetAttribute(ATTRIBUTE_MAP) != "probability" else "%.1f")
+        _, title, label_format, *_ = MAP_KINDS.get(node.GetAttribute(ATTRIBUTE_MAP) or "ki67", MAP_KINDS["ki67"])
+        legend.SetTitleText(title)
+        legend.SetLabelFormat(label_format)
     return legend
 
 
@@ -80,3 +96,22 @@ def unit(symbol: str):
     else:
         unit.SetValueSchemeMeaning("1", "UCUM", "no units")
     return unit
+
+
+def uncertainty_text(ki67_node) -> str:
+    """One line on how sure a ki67 map is, from its summary: interval level and width, out-of-domain voxels."""
+    if ki67_node is None:
+        return ""
+    try:
+        summary = json.loads(ki67_node.GetAttribute(ATTRIBUTE_SUMMARY) or "{}").get("uncertainty") or {}
+    except (ValueError, AttributeError):
+        return ""
+    intervals, domain = summary.get("intervals"), summary.get("out_of_domain")
+    if not intervals:
+        return "This model has no prediction intervals."
+    width = intervals["width_percent"]
+    text = (f"{intervals['level']:.0%} prediction interval width: median {width['median']:.1f} ki67 points "
+            f"(5-95 %: {width['p05']:.1f}-{width['p95']:.1f}).")
+    if domain:
+        text += f" Out of the model's domain: {domain['voxels']} voxels ({domain['fraction']:.1%})."
+    return text

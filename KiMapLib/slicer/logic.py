@@ -37,7 +37,10 @@ from KiMapLib.slicer.display import (
     ATTRIBUTE_SUMMARY,
     ATTRIBUTE_T1C,
     ATTRIBUTE_TABLE,
+    MAP_KINDS,
+    UNCERTAINTY_KINDS,
     color_table_node,
+    partner_attribute,
     set_map_display,
     unit,
 )
@@ -191,7 +194,8 @@ class KiMapLogic:
         check_points_inside(biopsies, case.reference)
         for biopsy in biopsies:
             biopsy.ki67 = measured.get(biopsy.biopsy_id)
-        rows, errors = prediction.predict_biopsies(case, biopsies, model, progress=scaled(progress, 0.1, 0.95))
+        rows, errors = prediction.predict_biopsies(case, biopsies, model, progress=scaled(progress, 0.1, 0.95),
+                                                   explain=True)
         if not rows and errors:
             raise errors[0]
         by_id = {str(row["biopsy_id"]): row for row in rows}
@@ -202,9 +206,13 @@ class KiMapLogic:
             note = "" if row else next((str(e) for e in errors if getattr(e, "input_name", None) == name),
                                        "not predicted")
             r, a, s = (float(v) for v in biopsy.ras)
+            if row.get("out_of_domain"):
+                note = "out of the model's domain (features unlike its training biopsies)"
             records.append({"biopsy": biopsy.biopsy_id, "predicted_ki67": row.get("predicted_ki67"),
-                            "probability_high": row.get("probability_high"), "measured_ki67": biopsy.ki67,
-                            "r": r, "a": a, "s": s, "note": note})
+                            "ki67_lower": row.get("ki67_lower"), "ki67_upper": row.get("ki67_upper"),
+                            "probability_high": row.get("probability_high"), "ood_score": row.get("ood_score"),
+                            "measured_ki67": biopsy.ki67, "r": r, "a": a, "s": s,
+                            "drivers": _drivers(row), "note": note})
         report(progress, 0.97, "filling the table")
         if tableNode is None:
             tableNode = self.scene.AddNewNodeByClass(
@@ -313,19 +321,34 @@ class KiMapLogic:
                       allow_t1c_only=allowT1cOnly, exclude_labels=exclude, proposal=proposal or None)
 
     def addMapNodes(self, job: MapJob, result, ki67Node=None, probabilityNode=None, lowerThreshold: float = 0.0):
-        """The map nodes of a finished :class:`MapJob` (``result`` = ``job.run()``): ``(ki67Node, probabilityNode)``."""
+        """The map nodes of a finished :class:`MapJob` (``result`` = ``job.run()``): ``(ki67Node, probabilityNode)``;
+        the interval bounds and the out-of-domain map come with them (:meth:`mapNodes`)."""
+        extras = {kind: getattr(result, kind, None) for kind in UNCERTAINTY_KINDS}
         return self._writeMapNodes(job.t1c_node, result.ki67, result.probability, getattr(result, "summary", {}),
                                    str(getattr(job.model, "model_id", "")), ki67Node, probabilityNode,
-                                   lowerThreshold)
+                                   lowerThreshold, extras)
+
+    def mapNodes(self, ki67Node) -> dict[str, object]:
+        """Every node of a ki67 map by kind: "ki67", "probability", and — for models with prediction intervals —
+        "lower", "upper" (the interval bounds, %) and "ood" (out-of-domain score, > 1 = outside the training data)."""
+        nodes = {"ki67": ki67Node}
+        for kind in ("probability", *UNCERTAINTY_KINDS):
+            node = self.scene.GetNodeByID(ki67Node.GetAttribute(partner_attribute(kind)) or "")
+            if node is not None:
+                nodes[kind] = node
+        return nodes
 
     def loadMap(self, mapDirectory: str | Path, t1cNode, lowerThreshold: float = 0.0):
         """Load a map written by ``kimap map`` / :meth:`exportMap` (``ki67_map.nrrd`` or ``.nii.gz``, the
         probability and ``summary.json``) as display-ready nodes on ``t1cNode``'s grid."""
         folder = Path(mapDirectory)
         images = {}
-        for key, stem in (("ki67", "ki67_map"), ("probability", "ki67_probability")):
+        for key in ("ki67", "probability", *UNCERTAINTY_KINDS):
+            stem = MAP_KINDS[key][5]
             path = next((folder / f"{stem}{suffix}" for suffix in (".nrrd", ".nii.gz") if (folder / f"{stem}{suffix}")
                          .is_file()), None)
+            if path is None and key in UNCERTAINTY_KINDS:
+                continue  # maps of models without prediction intervals
             if path is None:
                 raise KiMapError(f"no {stem}.nrrd or {stem}.nii.gz in {folder}", input_name="map folder",
                                  hint="give a folder written by `kimap map`")
@@ -337,27 +360,36 @@ class KiMapLogic:
                                     hint="select the t1c the map was computed on")
         summary = read_summary(folder / "summary.json", "map folder")
         return self._writeMapNodes(t1cNode, images["ki67"], images["probability"], summary,
-                                   str(summary.get("model_id", "")), None, None, lowerThreshold)
+                                   str(summary.get("model_id", "")), None, None, lowerThreshold,
+                                   {kind: images.get(kind) for kind in UNCERTAINTY_KINDS})
 
     def _writeMapNodes(self, t1c_node, ki67, probability, summary, model_id, ki67_node, probability_node,
-                       lower_threshold):
+                       lower_threshold, extras: Mapping[str, object] | None = None):
         color_node = color_table_node(self.scene)
         base = t1c_node.GetName()
-        ki67_node = ki67_node or self.scene.AddNewNodeByClass(
-            "vtkMRMLScalarVolumeNode", self.scene.GenerateUniqueName(f"{base} ki67"))
-        probability_node = probability_node or self.scene.AddNewNodeByClass(
-            "vtkMRMLScalarVolumeNode", self.scene.GenerateUniqueName(f"{base} P(high)"))
         summary_text = json.dumps(_jsonable(summary or {}))
-        for node, image, kind in ((ki67_node, ki67, "ki67"), (probability_node, probability, "probability")):
+        nodes = {}
+        images = {"ki67": ki67, "probability": probability,
+                  **{kind: image for kind, image in (extras or {}).items() if image is not None}}
+        given = {"ki67": ki67_node, "probability": probability_node}
+        if ki67_node is not None:  # recomputing into the same ki67 node reuses its partners
+            given.update({kind: self.scene.GetNodeByID(ki67_node.GetAttribute(partner_attribute(kind)) or "")
+                          for kind in UNCERTAINTY_KINDS})
+        for kind, image in images.items():
+            node = given.get(kind) or self.scene.AddNewNodeByClass(
+                "vtkMRMLScalarVolumeNode", self.scene.GenerateUniqueName(f"{base} {MAP_KINDS[kind][4]}"))
             update_node_from_image(node, sitk.Cast(image, sitk.sitkFloat32), reference_node=t1c_node)
             node.SetAttribute(ATTRIBUTE_MAP, kind)
             node.SetAttribute(ATTRIBUTE_MODEL, model_id)
             node.SetAttribute(ATTRIBUTE_SUMMARY, summary_text)
             node.SetAttribute(ATTRIBUTE_T1C, t1c_node.GetID())
-            node.SetVoxelValueUnits(unit("%" if kind == "ki67" else ""))
-            set_map_display(node, lower_threshold=lower_threshold if kind == "ki67" else 0.0, color_node=color_node)
-        ki67_node.SetAttribute(ATTRIBUTE_PARTNER, probability_node.GetID())
-        return ki67_node, probability_node
+            node.SetVoxelValueUnits(unit(MAP_KINDS[kind][3]))
+            set_map_display(node, lower_threshold=lower_threshold if kind == "ki67" else None, color_node=color_node)
+            nodes[kind] = node
+        for kind, node in nodes.items():
+            if kind != "ki67":
+                nodes["ki67"].SetAttribute(partner_attribute(kind), node.GetID())
+        return nodes["ki67"], nodes["probability"]
 
     # -- export -------------------------------------------------------------------------------------------------
 
@@ -415,7 +447,10 @@ class KiMapLogic:
             raise error if isinstance(error, KiMapError) else KiMapError(
                 f"the map's {ATTRIBUTE_SUMMARY} attribute is not valid JSON", input_name="map") from None
         summary["exported_from"] = "3D Slicer scene (KiMap module)"
-        result = mapping.MapResult(ki67=ki67, probability=probability, region=region, t1c=t1c, summary=summary)
+        extras = {kind: sitk.Cast(image_from_node(node, "map"), sitk.sitkFloat32)
+                  for kind, node in self.mapNodes(ki67Node).items() if kind in UNCERTAINTY_KINDS}
+        result = mapping.MapResult(ki67=ki67, probability=probability, region=region, t1c=t1c, summary=summary,
+                                   **extras)
         if dicom:  # first, so that a reference series that does not fit the map stops the export early
             from KiMapLib.export.planning import export_planning
 
@@ -439,6 +474,13 @@ class KiMapLogic:
             names = {storage.GetFileName(), *(storage.GetNthFileName(i) for i in range(storage.GetNumberOfFileNames()))}
             files += [(f"scene file of '{node.GetName()}'", Path(name)) for name in sorted(n for n in names if n)]
         return files
+
+
+def _drivers(row: dict) -> str:
+    """The three largest contributions of a prediction row, e.g. ``adc_original_firstorder_Mean -4.1``."""
+    parts = [f"{row[f'contribution_{rank}_feature']} {row[f'contribution_{rank}_ki67']:+.1f}"
+             for rank in (1, 2, 3) if row.get(f"contribution_{rank}_feature")]
+    return "; ".join(parts)
 
 
 def _safe_name(name: str) -> str:

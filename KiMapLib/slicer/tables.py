@@ -12,11 +12,15 @@ import vtk
 TABLE_COLUMNS = (
     ("biopsy", "vtkStringArray", "Biopsy", ""),
     ("predicted_ki67", "vtkDoubleArray", "Predicted ki67", "%"),
+    ("ki67_lower", "vtkDoubleArray", "Lower bound", "%"),
+    ("ki67_upper", "vtkDoubleArray", "Upper bound", "%"),
     ("probability_high", "vtkDoubleArray", "P(high)", ""),
+    ("ood_score", "vtkDoubleArray", "Out-of-domain score", ""),
     ("measured_ki67", "vtkDoubleArray", "Measured ki67", "%"),
     ("r", "vtkDoubleArray", "R", "mm"),
     ("a", "vtkDoubleArray", "A", "mm"),
     ("s", "vtkDoubleArray", "S", "mm"),
+    ("drivers", "vtkStringArray", "Largest contributions (ki67 points)", ""),
     ("note", "vtkStringArray", "Note", ""),
 )
 
@@ -75,6 +79,10 @@ def fill_table(table_node, records: list[dict[str, object]]) -> None:
         table_node.SetColumnType(name, vtk.VTK_STRING if class_name == "vtkStringArray" else vtk.VTK_DOUBLE)
     table_node.SetColumnDescription("measured_ki67", "ki67 measured on the biopsy (%); type it in")
     table_node.SetColumnDescription("probability_high", "probability that ki67 is above the model's threshold")
+    table_node.SetColumnDescription("ki67_lower", "lower end of the prediction interval (the model card's level, 90 %)")
+    table_node.SetColumnDescription("ki67_upper", "upper end of the prediction interval")
+    table_node.SetColumnDescription("ood_score", "distance of the point's features from the training biopsies' in "
+                                    "units of the model's threshold: above 1, out of the model's domain")
     table_node.SetUseColumnTitleAsColumnHeader(True)
     table_node.SetLocked(False)  # measured ki67 is edited in the table view
     table_node.Modified()

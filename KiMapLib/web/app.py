@@ -80,6 +80,7 @@ class KiMapWebApp(TrameApp):
         self.state.change("km_region_id")(self._on_region_changed)
         self.state.change("km_opacity")(self._on_opacity)
         self.state.change("km_threshold")(self._on_threshold)
+        self.state.change("km_layer")(self._on_layer)
         self._use_model(model_path)
 
     # -- page pieces (used by KiMapLib.web.panel) ----------------------------------------------------------------
@@ -114,6 +115,7 @@ class KiMapWebApp(TrameApp):
             "km_region_items": [], "km_region_id": None, "km_segments": [],
             "km_can_propose": hasattr(self.logic, "proposeTumorRegion"), "km_placing": False, "km_biopsies": [],
             "km_progress": 0.0, "km_progress_text": "", "km_legend": None, "km_opacity": 0.6, "km_threshold": 0.0,
+            "km_layer": "ki67", "km_layers": [], "km_uncertainty": "",
             "km_export_dir": str(export_folder or default_export_folder()), "km_export_nrrd": True,
             "km_export_nifti": True, "km_export_dicom": False, "km_can_dicom": False, "km_exported": "",
             "km_tab": "kimap",
@@ -135,7 +137,11 @@ class KiMapWebApp(TrameApp):
             state.km_region_id = session.region_id
             state.km_segments = session.segment_rows()
             state.km_biopsies = session.biopsy_rows()
-            state.km_legend = legend(session.ki67())
+            state.km_layers = session.map_layers()
+            if state.km_layer not in {item["value"] for item in state.km_layers}:
+                state.km_layer = "ki67"
+            state.km_legend = legend(session.map_layer(state.km_layer))
+            state.km_uncertainty = session.uncertainty_text()
             state.km_can_dicom = bool(session.dicom_folder())
 
     def _fail(self, error: Exception, what: str) -> None:
@@ -430,7 +436,7 @@ class KiMapWebApp(TrameApp):
             ki67, _probability = self.logic.addMapNodes(job, result, old, partner,
                                                         lowerThreshold=float(self.state.km_threshold))
             self.session.map_id = ki67.GetID()
-            views.show_map(self.slicer_app, ki67, self.state.km_opacity)
+            views.show_map(self.slicer_app, self.session.map_layer(self.state.km_layer), self.state.km_opacity)
             voxels = int(np.isfinite(slicer.util.arrayFromVolume(ki67)).sum())
             message = f"ki67 map computed: {voxels} voxels (research use only)."
         except Cancelled:
@@ -452,6 +458,13 @@ class KiMapWebApp(TrameApp):
 
     def _on_opacity(self, km_opacity=0.6, **_):
         views.set_map_opacity(self.slicer_app, float(km_opacity))
+
+    def _on_layer(self, km_layer="ki67", **_):
+        """Show another part of the map (ki67, its interval bounds, P(high), out-of-domain score) in the views."""
+        node = self.session.map_layer(km_layer)
+        if node is not None:
+            views.show_map(self.slicer_app, node, float(self.state.km_opacity))
+            self.state.km_legend = legend(node)
 
     def _on_threshold(self, km_threshold=0.0, **_):
         node = self.session.ki67()

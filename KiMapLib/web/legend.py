@@ -19,9 +19,10 @@ def legend(map_node, stops: int = 16, ticks: int = 5) -> dict[str, object] | Non
         color_node.GetColor(round(step * (count - 1) / (stops - 1)), rgba)
         colors.append(f"rgb({round(255 * rgba[0])},{round(255 * rgba[1])},{round(255 * rgba[2])}) "
                       f"{100 * step / (stops - 1):.1f}%")
-    probability = map_node.GetAttribute("KiMap.Map") == "probability"
-    unit = "" if probability else " %"
-    labels = [f"{low + (high - low) * k / (ticks - 1):.{1 if probability else 0}f}{unit}" for k in range(ticks)]
+    from KiMapLib.slicer.display import MAP_KINDS
+
+    _, title, label_format, unit, *_ = MAP_KINDS.get(map_node.GetAttribute("KiMap.Map") or "ki67", MAP_KINDS["ki67"])
+    suffix = f" {unit}" if unit else ""
+    labels = [f"{label_format % (low + (high - low) * k / (ticks - 1))}{suffix}" for k in range(ticks)]
     return {"gradient": f"linear-gradient(to right, {', '.join(colors)})", "ticks": labels,
-            "title": "P(high)" if probability else "ki67 (%)", "color_table": color_node.GetName(),
-            "low": low, "high": high}
+            "title": title, "color_table": color_node.GetName(), "low": low, "high": high}

@@ -170,14 +170,18 @@ def _biopsies(app) -> None:
     html.Div("Click in a slice view to place a point.", v_if=("km_placing",), classes="text-caption mb-1")
     with v3.VTable(density="compact", classes="km-table", v_if=("km_biopsies.length",)):
         with html.Thead(), html.Tr():
-            for title in ("Point", "R, A, S (mm)", "Predicted ki67", "P(high)", "Measured ki67"):
+            for title in ("Point", "R, A, S (mm)", "Predicted ki67", "Interval", "P(high)", "Domain", "Measured ki67"):
                 html.Th(title)
         with html.Tbody(), html.Tr(v_for="row in km_biopsies", key="row.biopsy"):
             html.Td("{{ row.biopsy }}")
             html.Td("{{ row.r }}, {{ row.a }}, {{ row.s }}")
             html.Td("{{ row.predicted_ki67 === null ? '—' : row.predicted_ki67.toFixed(1) + ' %' }}",
                     title=("row.note",))
+            html.Td("{{ row.ki67_lower === null ? '—' : row.ki67_lower.toFixed(0) + '–' + row.ki67_upper.toFixed(0) "
+                    "+ ' %' }}", title=("row.drivers",))
             html.Td("{{ row.probability_high === null ? '—' : row.probability_high.toFixed(2) }}")
+            html.Td("{{ row.ood_score === null ? '—' : (row.ood_score > 1 ? 'outside' : 'inside') }}",
+                    title=("row.ood_score === null ? '' : 'out-of-domain score ' + row.ood_score.toFixed(2)",))
             with html.Td(style="width: 90px;"):
                 html.Input(type="number", min=0, max=100, step=0.1, value=("row.measured_ki67 ?? ''",),
                            placeholder="%", classes="km-number",
@@ -195,6 +199,9 @@ def _map(app) -> None:
                            raw_attrs=aria("map progress"))
         html.Div("{{ Math.round(km_progress) }} % {{ km_progress_text }}", classes="text-caption")
     with html.Div(v_if=("km_legend",), classes="mt-1"):
+        v3.VSelect(v_model=("km_layer", "ki67"), items=("km_layers", []), label="Show", density="compact",
+                   hide_details=True, classes="mb-1", v_if=("km_layers.length > 1",))
+        html.Div("{{ km_uncertainty }}", v_if=("km_uncertainty",), classes="text-caption")
         html.Div("{{ km_legend.title }} — color table {{ km_legend.color_table }}", classes="text-caption")
         html.Div(classes="km-legend-bar", style=("{ background: km_legend.gradient }",),
                  raw_attrs=aria(role="img", expression="`color legend ${km_legend.ticks.join(', ')}`"))

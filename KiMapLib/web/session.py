@@ -15,8 +15,13 @@ import numpy as np
 import vtk
 
 from KiMapLib.settings import SEQUENCES
-from KiMapLib.slicer import KiMapLogic
-from KiMapLib.slicer.display import ATTRIBUTE_MAP, ATTRIBUTE_PARTNER, ATTRIBUTE_TABLE
+from KiMapLib.slicer import KiMapLogic, display
+from KiMapLib.slicer.display import (
+    ATTRIBUTE_MAP,
+    ATTRIBUTE_PARTNER,
+    ATTRIBUTE_TABLE,
+    partner_attribute,
+)
 from KiMapLib.slicer.loading import ATTRIBUTE_DICOM_FOLDER, ATTRIBUTE_SEQUENCE
 from KiMapLib.slicer.segments import LABEL_TAG
 from KiMapLib.slicer.tables import fill_table, table_values
@@ -177,6 +182,9 @@ class KiMapSession:
                          "a": round(float(position[1]), 1), "s": round(float(position[2]), 1),
                          "predicted_ki67": _number(values.get("predicted_ki67")),
                          "probability_high": _number(values.get("probability_high")),
+                         "ki67_lower": _number(values.get("ki67_lower")),
+                         "ki67_upper": _number(values.get("ki67_upper")),
+                         "ood_score": _number(values.get("ood_score")), "drivers": str(values.get("drivers") or ""),
                          "measured_ki67": _number(values.get("measured_ki67")), "note": str(values.get("note") or "")})
         return rows
 
@@ -210,6 +218,27 @@ class KiMapSession:
     def probability(self):
         node = self.ki67()
         return self.node(node.GetAttribute(ATTRIBUTE_PARTNER)) if node is not None else None
+
+    def map_layer(self, kind: str):
+        """The node of one kind of the current map ("ki67", "probability", "lower", "upper", "ood"), else the ki67."""
+        node = self.ki67()
+        if node is None or kind == "ki67":
+            return node
+        return self.node(node.GetAttribute(partner_attribute(kind))) or node
+
+    def map_layers(self) -> list[dict[str, str]]:
+        """The kinds the current map has, as select items."""
+        node = self.ki67()
+        if node is None:
+            return []
+        titles = {"ki67": "ki67 estimate", "lower": "ki67 lower bound", "upper": "ki67 upper bound",
+                  "probability": "P(ki67 ≥ threshold)", "ood": "out-of-domain score"}
+        return [{"title": title, "value": kind} for kind, title in titles.items()
+                if kind == "ki67" or self.node(node.GetAttribute(partner_attribute(kind))) is not None]
+
+    def uncertainty_text(self) -> str:
+        """One line on how sure the current map is (from its summary)."""
+        return display.uncertainty_text(self.ki67())
 
 
 def _number(value) -> float | None:

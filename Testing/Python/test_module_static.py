@@ -90,7 +90,7 @@ def test_ui_is_well_formed():
     names = [w.get("name") for w in root.iter("widget")]
     assert len(names) == len(set(names)), "duplicate widget names"
     declared = {c.findtext("class") for c in root.iter("customwidget")}
-    qt_classes = {"QLabel", "QPushButton", "QCheckBox", "QProgressBar"}
+    qt_classes = {"QLabel", "QPushButton", "QCheckBox", "QProgressBar", "QComboBox"}
     for widget in root.iter("widget"):
         assert widget.get("class") in declared | qt_classes, widget.get("class")
     sections = [w.findtext("property/string") for w in root.iter("widget") if w.get("class") == "ctkCollapsibleButton"]

@@ -84,7 +84,7 @@ def fake_compute_map(case, model, region=None, covariates=None, progress=None, m
                              summary={"model_id": model.model_id, "region_voxels": int(inside.sum())})
 
 
-def fake_predict_biopsies(case, biopsies, model, progress=None):
+def fake_predict_biopsies(case, biopsies, model, progress=None, *, level=None, explain=False):
     rows, errors = [], []
     for biopsy in biopsies:
         if biopsy.biopsy_id == "EDGE":

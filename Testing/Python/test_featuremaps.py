@@ -147,13 +147,49 @@ def test_maps_full_geometry_nan_outside_and_subset(brain_crop):
     image.SetOrigin((10.0, -5.0, 3.0))
     mask.CopyInformation(image)
     keys = ["original_glcm_Contrast", "original_firstorder_Mean"]
-    maps = feature_maps(image, mask, {"binWidth": 25, "ballRadius": 2.0}, features=keys, kernel="ball")
+    maps = feature_maps(image, mask, {"binWidth": 25, "ballRadius": 2.0}, features=keys, kernel="ball",
+                        geometry="image")
     assert sorted(maps) == sorted(keys)
     for result in maps.values():
         assert result.GetSize() == image.GetSize() and result.GetOrigin() == image.GetOrigin()
         values = sitk.GetArrayFromImage(result)
         inside = sitk.GetArrayFromImage(mask) == 1
         assert np.isnan(values[~inside]).all() and np.isfinite(values[inside]).all()
+
+
+def test_maps_bounding_box_by_default():
+    """Default maps cover the mask's bounding box (origin of its first voxel, image spacing and direction), hold the
+    feature_arrays values at the mask voxels and NaN elsewhere, and equal the full-geometry maps cropped."""
+    rng = np.random.default_rng(3)
+    image = _image(rng.normal(0, 100, (12, 14, 16)), spacing=(0.8, 1.1, 2.0))
+    image.SetOrigin((10.0, -5.0, 3.0))
+    image.SetDirection((0.0, 1.0, 0.0, -1.0, 0.0, 0.0, 0.0, 0.0, 1.0))
+    mask_array = np.zeros((12, 14, 16), np.uint8)
+    mask_array[3:7, 5:9, 4:11] = 1
+    mask_array[3, 5, 4] = 0  # the box corner itself is not a mask voxel
+    mask_array[8, 10, 12] = 1
+    mask = _image(mask_array)
+    mask.CopyInformation(image)
+    settings = {"binWidth": 25, "kernelRadius": 1}
+    keys = ["original_glcm_Contrast", "original_firstorder_Mean"]
+    boxed = feature_maps(image, mask, settings, features=keys, kernel="cube")
+    full = feature_maps(image, mask, settings, features=keys, kernel="cube", geometry="image")
+    arrays = feature_arrays(image, mask, settings, features=keys, kernel="cube")
+    for name in keys:
+        f = arrays.keys.index(name)
+        result = boxed[name]
+        assert result.GetSize() == (9, 6, 6)  # i 4..12, j 5..10, k 3..8
+        assert np.allclose(result.GetOrigin(), image.TransformIndexToPhysicalPoint((4, 5, 3)))
+        assert result.GetSpacing() == image.GetSpacing() and result.GetDirection() == image.GetDirection()
+        values = sitk.GetArrayFromImage(result)
+        k, j, i = (arrays.index_kji - [3, 5, 4]).T
+        np.testing.assert_array_equal(values[k, j, i], arrays.values[f].astype(np.float32))
+        outside = np.ones(values.shape, bool)
+        outside[k, j, i] = False
+        assert np.isnan(values[outside]).all() and outside.sum() == values.size - len(arrays.index_kji)
+        np.testing.assert_array_equal(values, sitk.GetArrayFromImage(full[name])[3:9, 5:11, 4:13])
+    with pytest.raises(KiMapError, match="geometry"):
+        feature_maps(image, mask, settings, features=keys, kernel="cube", geometry="full")
 
 
 @pytest.mark.parametrize("symmetric", [True, False])

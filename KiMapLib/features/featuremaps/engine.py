@@ -49,13 +49,15 @@ class FeatureArrays:
         else:
             lo = self.index_kji.min(0)
             shape = tuple(int(v) for v in self.index_kji.max(0) - lo + 1)
-        k, j, i = (self.index_kji - lo).T
+        flat = np.ravel_multi_index(tuple((self.index_kji - lo).T), shape)
         origin = self.reference.TransformIndexToPhysicalPoint([int(v) for v in lo[::-1]])
         spacing, direction = self.reference.GetSpacing(), self.reference.GetDirection()
+        values = self.values.astype(dtype, copy=False)
         result = {}
         array = np.full(shape, np.nan, dtype=dtype)  # one buffer: only the mask voxels change between features
+        line = array.reshape(-1)
         for f, name in enumerate(self.keys):
-            array[k, j, i] = self.values[f]
+            line[flat] = values[f]
             image = sitk.GetImageFromArray(array)
             image.SetOrigin(origin)
             image.SetSpacing(spacing)

@@ -303,3 +303,23 @@ def test_neighbour_sums_equal_brute_force(levels):
         assert total[t] == hood.sum()
         assert equal[t] == (hood == g[k, j, i]).sum()
 
+
+
+def test_cache_guard_drops_numba_cache_when_any_source_changes(tmp_path):
+    """A cached kernel holds its callees' code from other files: any engine source change drops the whole cache."""
+    from KiMapLib.features.featuremaps.cache_guard import STAMP, ensure_fresh
+
+    (tmp_path / "a.py").write_text("x = 1\n")
+    cache = tmp_path / "__pycache__"
+    cache.mkdir()
+    (cache / "a.run-1.py311.nbi").write_bytes(b"index")
+    (cache / "a.run-1.py311.1.nbc").write_bytes(b"code")
+    (cache / "a.cpython-311.pyc").write_bytes(b"pyc")
+    assert ensure_fresh(tmp_path)  # no stamp yet: dropped
+    assert sorted(p.name for p in cache.iterdir()) == sorted([STAMP, "a.cpython-311.pyc"])
+    (cache / "a.run-1.py311.nbi").write_bytes(b"index")
+    assert not ensure_fresh(tmp_path)  # unchanged sources: kept
+    assert (cache / "a.run-1.py311.nbi").exists()
+    (tmp_path / "b.py").write_text("y = 2\n")  # another file of the package changed
+    assert ensure_fresh(tmp_path)
+    assert not (cache / "a.run-1.py311.nbi").exists()

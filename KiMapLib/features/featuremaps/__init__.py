@@ -16,9 +16,12 @@ import numpy as np
 import SimpleITK as sitk
 
 from KiMapLib.errors import KiMapError
+from KiMapLib.features.featuremaps.cache_guard import ensure_fresh
 from KiMapLib.features.featuremaps.engine import GEOMETRIES, FeatureArrays, feature_arrays, region_features, warm_up
 from KiMapLib.features.featuremaps.names import ALL_KEYS, CLASSES, FEATURES
 from KiMapLib.progress import ProgressCallback
+
+ensure_fresh()  # numba loads a kernel's cache at its first call, after this
 
 __all__ = ["ALL_KEYS", "CLASSES", "FEATURES", "FeatureArrays", "feature_arrays", "feature_maps", "region_features",
            "warm_up"]

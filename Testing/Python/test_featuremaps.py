@@ -258,22 +258,49 @@ def test_min_kernel_voxels():
     assert corner_like.sum() == 26  # only the centre of the 3x3x3 mask has a full 27-voxel kernel
 
 
-def test_bench_maps_cli_smoke(tmp_path):
+def test_bench_maps_cli_both_kernels_agree(tmp_path):
+    """bench-maps times feature_maps against pyradiomics (voxel-based for cube, normal mode per ball) and checks
+    every feature on the sampled voxels."""
     from KiMapLib.app import bench_maps
 
     rng = np.random.default_rng(3)
     image = _image(rng.normal(0, 100, (12, 12, 12)).astype(np.float32))
     mask_array = np.zeros((12, 12, 12), np.uint8)
     mask_array[3:9, 3:9, 3:9] = 1
+    mask_array[4:6, 4:6, 4:6] = 2
     sitk.WriteImage(image, str(tmp_path / "image.nrrd"))
     sitk.WriteImage(_image(mask_array), str(tmp_path / "mask.nrrd"))
     out = tmp_path / "bench.json"
     code = bench_maps.main(["--image", str(tmp_path / "image.nrrd"), "--mask", str(tmp_path / "mask.nrrd"),
-                            "--kernel-radius", "1", "--reference-voxels", "40", "--repeats", "1", "--json", str(out)])
+                            "--kernel", "cube", "ball", "--kernel-radius", "1", "--reference-voxels", "40",
+                            "--ball-reference-voxels", "3", "--repeats", "1", "--json", str(out)])
     import json
 
     result = json.loads(out.read_text())
-    assert code == 0 and result["agree"] and result["all_classes"]["engine_voxels_per_s"] > 0
+    assert code == 0 and result["agree"]
+    assert [(r["kernel"], r["kernel_radius"], r["mask_voxels"]) for r in result["runs"]] == [("cube", 1, 216),
+                                                                                            ("ball", 1, 216)]
+    assert result["runs"][0]["reference_voxels"] == 40 and result["runs"][1]["reference_voxels"] == 3
+    assert all(r["engine_voxels_per_s"] > 0 and r["pyradiomics_voxels_per_s"] > 0 for r in result["runs"])
+    assert all(r["max_relative_difference"] < 1e-6 for r in result["runs"])
+    code = bench_maps.main(["--image", str(tmp_path / "image.nrrd"), "--mask", str(tmp_path / "mask.nrrd"),
+                            "--label", "2", "--reference-voxels", "3", "--repeats", "1"])
+    assert code == 0
+
+
+def test_brightest_region_is_connected_and_sized():
+    from scipy import ndimage
+
+    from KiMapLib.app.bench_maps import brightest_region
+
+    rng = np.random.default_rng(5)
+    values = rng.normal(100, 5, (30, 30, 30))
+    values[10:16, 10:18, 12:20] += 200  # a bright blob of 384 voxels
+    values[25, 25, 25] = 400  # a lone bright voxel elsewhere
+    region = brightest_region(_image(values), np.ones(values.shape, bool), 200)
+    assert 150 <= region.sum() <= 200
+    assert ndimage.label(region, np.ones((3, 3, 3)))[1] == 1
+    assert region[10:16, 10:18, 12:20].sum() == region.sum()
 
 
 @pytest.mark.parametrize("levels", [5, 30])

@@ -159,15 +159,22 @@ def _pyradiomics_run(image, mask, settings, classes, count, seed):
     """Seconds of one pyradiomics voxel-based call on ``count`` random mask voxels, its maps and those voxels."""
     ext = _extractor(settings, classes)
     with _Subset(count, seed) as subset:
-        start = time.perf_counter()
+        start = _clock()
         result = ext.execute(image, mask, voxelBased=True)
-        seconds = time.perf_counter() - start
+        seconds = _clock() - start
     return seconds, {k: v for k, v in result.items() if isinstance(v, sitk.Image)}, subset.chosen
+
+
+def _clock() -> np.ndarray:
+    """(wall, process CPU) seconds: CPU time does not count what other processes take (a shared machine), and
+    counts all the engine's threads (so a CPU-time ratio does not credit the engine for using several cores)."""
+    return np.array([time.perf_counter(), time.process_time()])
 
 
 def _reference_cube(image, mask, settings, voxels, seed, per_class):
     """pyradiomics voxel-based voxels/s (all six classes; each alone if ``per_class``) on ``voxels`` random voxels
-    of the whole mask, with the fixed cost of a call (a 1-voxel run) subtracted; its maps and the chosen voxels."""
+    of the whole mask, with the fixed cost of a call (a 1-voxel run) subtracted; its maps and the chosen voxels.
+    Rates are (wall, CPU) pairs."""
     from KiMapLib.features.featuremaps import CLASSES
 
     rates, fixed = {}, {}
@@ -176,9 +183,10 @@ def _reference_cube(image, mask, settings, voxels, seed, per_class):
         name = group[0] if len(group) == 1 else "all"
         t_one, _, _ = _pyradiomics_run(image, mask, settings, group, 1, seed)
         t_many, maps, chosen = _pyradiomics_run(image, mask, settings, group, voxels, seed)
-        fixed[name] = t_one
+        fixed[name] = float(t_one[0])
         # below ~0.2 s the per-voxel part drowns in the timing noise of the fixed part: not measurable
-        rates[name] = (chosen.shape[1] - 1) / (t_many - t_one) if t_many - t_one > MIN_SECONDS else None
+        extra = t_many - t_one
+        rates[name] = (chosen.shape[1] - 1) / extra if np.all(extra > MIN_SECONDS) else None
     return rates, fixed, maps, chosen
 
 
@@ -215,24 +223,28 @@ def _compare(arrays, cols, expected: dict) -> dict:
         finite = np.isfinite(got) & np.isfinite(want)
         rel = np.abs(got[finite] - want[finite]) / np.maximum(np.abs(want[finite]), 1e-9)
         worst = max(worst, float(rel.max(initial=0.0)))
-    return {"agree": not failed, "mismatching_features": failed, "max_relative_difference": worst}
+    return {"agree": not failed, "mismatching_features": failed, "max_relative_difference": worst,
+            "voxels": len(cols)}
 
 
 def _reference_ball(image, mask, settings, arrays, count, seed) -> tuple[float, dict]:
     """pyradiomics normal mode on the ball (∩ mask) of ``count`` random centres, each cropped to its ball: voxels/s
-    and the agreement with the engine there."""
+    (wall, CPU) and the agreement with the engine there."""
     from KiMapLib.features.neighbourhood import ball_offsets
 
     rng = np.random.default_rng(seed)
-    cols = np.sort(rng.choice(len(arrays.index_kji), min(count, len(arrays.index_kji)), replace=False))
+    candidates = rng.permutation(len(arrays.index_kji))
     offsets = np.asarray(ball_offsets(image.GetSpacing(), settings["ballRadius"]), np.int64)
     reach = np.abs(offsets).max(0)
     values = sitk.GetArrayViewFromImage(image)
     inside = sitk.GetArrayViewFromImage(mask) > 0
     ext = _extractor(settings, ["firstorder", "glcm", "glrlm", "glszm", "gldm", "ngtdm"])
     expected = {key: [] for key in arrays.keys}
-    seconds = 0.0
-    for col in cols:
+    seconds = np.zeros(2)
+    cols = []
+    for col in candidates:
+        if len(cols) == count:
+            break
         centre = arrays.index_kji[col]
         lo = np.maximum(centre - reach - 1, 0)
         hi = np.minimum(centre + reach + 2, values.shape)
@@ -246,21 +258,29 @@ def _reference_ball(image, mask, settings, arrays, count, seed) -> tuple[float, 
         crop.SetSpacing(image.GetSpacing())
         label = sitk.GetImageFromArray(ball)
         label.CopyInformation(crop)
-        start = time.perf_counter()
-        result = ext.execute(crop, label)
-        seconds += time.perf_counter() - start
+        start = _clock()
+        try:
+            result = ext.execute(crop, label)
+        except ValueError:  # pyradiomics refuses balls that are a line or a single voxel (the engine maps them)
+            continue
+        seconds += _clock() - start
+        cols.append(col)
         for key in arrays.keys:
             expected[key].append(float(result[key]))
-    return len(cols) / seconds, _compare(arrays, cols, expected)
+    if not cols:
+        raise KiMapError("pyradiomics refused every sampled ball (a line or a single voxel)", input_name="--mask",
+                         hint="use a larger --kernel-radius for the ball kernel")
+    return len(cols) / seconds, _compare(arrays, np.asarray(cols), expected)
 
 
-def _median_seconds(fn, repeats: int) -> float:
+def _median_seconds(fn, repeats: int) -> np.ndarray:
+    """Median (wall, CPU) seconds of ``repeats`` calls."""
     runs = []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start = _clock()
         fn()
-        runs.append(time.perf_counter() - start)
-    return float(np.median(runs))
+        runs.append(_clock() - start)
+    return np.median(np.array(runs), axis=0)
 
 
 def _settings(image: sitk.Image, kernel: str, kernel_radius: int, bin_width: float) -> dict:
@@ -285,14 +305,17 @@ def time_engine(image: sitk.Image, mask: sitk.Image, kernel_radius: int = 2, bin
     if per_class:
         for cls in CLASSES:
             keys = [f"original_{cls}_{f}" for f in FEATURES[cls]]
-            classes[cls] = n / _median_seconds(lambda k=keys: feature_maps(image, mask, settings, k, kernel), repeats)
+            classes[cls] = n / _median_seconds(lambda k=keys: feature_maps(image, mask, settings, k, kernel),
+                                               repeats)[0]
     maps_seconds = _median_seconds(lambda: feature_maps(image, mask, settings, kernel=kernel), repeats)
     arrays_seconds = _median_seconds(lambda: feature_arrays(image, mask, settings, kernel=kernel), repeats)
     arrays = feature_arrays(image, mask, settings, kernel=kernel)
     timing = {"kernel": kernel, "kernel_radius": kernel_radius, "bin_width": bin_width, "mask_voxels": n,
-              "engine_voxels_per_s": n / maps_seconds, "engine_arrays_voxels_per_s": n / arrays_seconds,
-              "maps_over_arrays_time": maps_seconds / arrays_seconds, "engine_whole_mask_seconds": maps_seconds,
-              "engine_class_voxels_per_s": classes}
+              "engine_voxels_per_s": n / maps_seconds[0], "engine_arrays_voxels_per_s": n / arrays_seconds[0],
+              "engine_cpu_voxels_per_s": n / maps_seconds[1],
+              "maps_over_arrays_time": maps_seconds[0] / arrays_seconds[0],
+              "maps_over_arrays_cpu_time": maps_seconds[1] / arrays_seconds[1],
+              "engine_whole_mask_seconds": maps_seconds[0], "engine_class_voxels_per_s": classes}
     return timing, arrays
 
 
@@ -307,22 +330,35 @@ def compare_pyradiomics(image: sitk.Image, mask: sitk.Image, timing: dict, array
         ref_rate, fixed, maps, chosen = _reference_cube(image, mask, settings, min(reference_voxels, n), seed,
                                                         per_class)
         agreement = _agreement_cube(image, arrays, maps, chosen)
-        pyrad_all = ref_rate["all"] or chosen.shape[1] / (fixed["all"] or 1.0)
-        result["reference_voxels"] = int(chosen.shape[1])
+        pyrad_all = ref_rate["all"] if ref_rate["all"] is not None else np.full(2, chosen.shape[1] / fixed["all"])
         result["pyradiomics_fixed_seconds"] = fixed["all"]
         if per_class:
             engine_rate = timing["engine_class_voxels_per_s"]
-            result["classes"] = {c: {"pyradiomics_voxels_per_s": ref_rate[c], "engine_voxels_per_s": engine_rate[c],
-                                     "ratio": engine_rate[c] / ref_rate[c] if ref_rate[c] else None}
+            result["classes"] = {c: {"pyradiomics_voxels_per_s": None if ref_rate[c] is None else ref_rate[c][0],
+                                     "engine_voxels_per_s": engine_rate[c],
+                                     "ratio": None if ref_rate[c] is None else engine_rate[c] / ref_rate[c][0]}
                                  for c in engine_rate}
     else:
         result["ball_radius_mm"] = settings["ballRadius"]
         pyrad_all, agreement = _reference_ball(image, mask, settings, arrays, ball_reference_voxels, seed)
-        result["reference_voxels"] = min(ball_reference_voxels, n)
-    result["pyradiomics_voxels_per_s"] = pyrad_all
-    result["ratio"] = timing["engine_voxels_per_s"] / pyrad_all
+    result["reference_voxels"] = agreement.pop("voxels")
+    result["pyradiomics_voxels_per_s"] = float(pyrad_all[0])
+    result["pyradiomics_cpu_voxels_per_s"] = float(pyrad_all[1])
+    result["ratio"] = timing["engine_voxels_per_s"] / pyrad_all[0]
+    result["cpu_ratio"] = timing["engine_cpu_voxels_per_s"] / pyrad_all[1]
     result.update(agreement)
     return result
+
+
+def _engine_peak_mb(image: sitk.Image, mask: sitk.Image, args) -> float:
+    """Peak RSS (MB) of this process after ``feature_maps`` at the largest radius of each kernel (before any
+    pyradiomics run, whose own peak would hide it)."""
+    from KiMapLib.features.featuremaps import feature_maps
+
+    for kernel in args.kernel:
+        settings = _settings(image, kernel, max(args.kernel_radius), args.bin_width)
+        feature_maps(image, mask, settings, kernel=kernel)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def run(args) -> int:
@@ -336,25 +372,27 @@ def run(args) -> int:
     name = args.name or str(args.image)
     print(f"bench-maps {name}: binWidth {args.bin_width:g}, all six classes, through feature_maps "
           f"(median of {args.repeats}); pyradiomics in the same run")
-    engine = [time_engine(image, mask, radius, args.bin_width, args.repeats, kernel, args.per_class)
-              for kernel in args.kernel for radius in args.kernel_radius]  # all engine runs first: their peak memory
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"{'kernel':<6}{'r':>3}{'voxels':>8}{'pyradiomics/s':>15}{'engine/s':>11}{'ratio':>8}"
+    peak = _engine_peak_mb(image, mask, args)
+    print(f"{'kernel':<6}{'r':>3}{'voxels':>8}{'pyradiomics/s':>15}{'engine/s':>11}{'ratio':>8}{'CPU ratio':>11}"
           f"{'maps/arrays':>13}{'max rel diff':>14}  agree")
     runs = []
-    for timing, arrays in engine:
-        row = compare_pyradiomics(image, mask, timing, arrays, args.reference_voxels,
-                                  ball_reference_voxels=args.ball_reference_voxels)
-        runs.append(row)
-        print(f"{row['kernel']:<6}{row['kernel_radius']:>3}{row['mask_voxels']:>8}"
-              f"{row['pyradiomics_voxels_per_s']:>15.1f}{row['engine_voxels_per_s']:>11.0f}{row['ratio']:>8.1f}"
-              f"{row['maps_over_arrays_time']:>13.2f}{row['max_relative_difference']:>14.1e}  "
-              f"{'yes' if row['agree'] else 'NO: ' + ', '.join(row['mismatching_features'])}", flush=True)
+    for kernel in args.kernel:
+        for radius in args.kernel_radius:  # engine then pyradiomics, config by config: the same load for both
+            timing, arrays = time_engine(image, mask, radius, args.bin_width, args.repeats, kernel, args.per_class)
+            row = compare_pyradiomics(image, mask, timing, arrays, args.reference_voxels,
+                                      ball_reference_voxels=args.ball_reference_voxels)
+            runs.append(row)
+            print(f"{row['kernel']:<6}{row['kernel_radius']:>3}{row['mask_voxels']:>8}"
+                  f"{row['pyradiomics_voxels_per_s']:>15.1f}{row['engine_voxels_per_s']:>11.0f}{row['ratio']:>8.1f}"
+                  f"{row['cpu_ratio']:>11.1f}{row['maps_over_arrays_time']:>13.2f}"
+                  f"{row['max_relative_difference']:>14.1e}  "
+                  f"{'yes' if row['agree'] else 'NO: ' + ', '.join(row['mismatching_features'])}", flush=True)
         for cls, c in row.get("classes", {}).items():
             ratio = "-" if c["ratio"] is None else f"{c['ratio']:.1f}"
             rate = "(too fast)" if c["pyradiomics_voxels_per_s"] is None else f"{c['pyradiomics_voxels_per_s']:.1f}"
             print(f"  {cls:<9}{rate:>23}{c['engine_voxels_per_s']:>11.0f}{ratio:>8}")
-    print(f"engine peak memory {peak:.0f} MB (whole process, all engine runs, before pyradiomics)")
+    print(f"engine peak memory {peak:.0f} MB (whole process: input, engine and maps at the largest radius of each "
+          "kernel, before pyradiomics)")
     agree = all(r["agree"] for r in runs)
     if args.json:
         result = {"name": name, "image": str(args.image), "mask": str(args.mask) if args.mask else None,

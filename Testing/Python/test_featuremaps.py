@@ -350,3 +350,31 @@ def test_cache_guard_drops_numba_cache_when_any_source_changes(tmp_path):
     (tmp_path / "b.py").write_text("y = 2\n")  # another file of the package changed
     assert ensure_fresh(tmp_path)
     assert not (cache / "a.run-1.py311.nbi").exists()
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_rank_sort_places_every_order_statistic(seed):
+    """firstorder's selection (counting sort by level, then quickselect per needed rank) puts at each rank the
+    percentiles, median, min and max read the value np.sort puts there, with ties and uneven levels."""
+    from KiMapLib.features.featuremaps.firstorder import _rank_sort
+
+    rng = np.random.default_rng(seed)
+    for n in [1, 2, 3, 7, 40, 333, 515]:
+        values = np.round(rng.normal(0, 60, n)) if seed % 2 else rng.normal(0, 60, n) ** 3 / 1e4
+        levels = np.floor((values - values.min()) / 25.0).astype(np.int32) + 1
+        box = np.zeros(n, np.int32)
+        box[:] = levels
+        cells = np.arange(n, dtype=np.int64)
+        counts = np.bincount(levels, minlength=levels.max() + 2).astype(np.float64)
+        size = len(counts)
+        srt = np.zeros(n)
+        _rank_sort(values.astype(np.float64), box, cells, n, int(levels.min()), int(levels.max()), counts,
+                   np.zeros(size, np.int64), np.zeros(size, np.int64), srt)
+        ranks = {0, n - 1, n // 2, max(n // 2 - 1, 0)}
+        for q in (10, 25, 75, 90):
+            i0 = int(np.floor((n - 1) * q / 100))
+            ranks |= {min(i0, n - 1), min(i0 + 1, n - 1)}
+        expected = np.sort(values)
+        for k in sorted(ranks):
+            assert srt[k] == expected[k], (n, k)
+        assert sorted(srt) == sorted(values)

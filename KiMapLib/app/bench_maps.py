@@ -32,11 +32,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser("bench-maps", help="benchmark the feature-map engine against pyradiomics",
                                    description=__doc__)
     parser.add_argument("--image", required=True, help="image volume (used as given; normalize beforehand)")
-    parser.add_argument("--mask", help="mask volume (voxels > 0 are mapped, or those of --label)")
+    parser.add_argument("--mask",
+                        help="mask volume (voxels > 0 are mapped, or those of --label); required unless --brightest")
     parser.add_argument("--label", type=int, help="map only this label of the mask (default: every voxel > 0)")
     parser.add_argument("--brightest", type=int, metavar="N",
                         help="instead of --mask: the connected region of about N of the brightest voxels inside the "
-                             "image's foreground (e.g. 1500: the brightest enhancement of a t1c)")
+                             "image's foreground (e.g. 1500: the brightest enhancement of a t1c; default: none)")
     parser.add_argument("--kernel", nargs="+", choices=("cube", "ball"), default=["cube"],
                         help="kernels: cube = pyradiomics voxel-based; ball = KiMap's ball of radius r times the "
                              "smallest spacing, vs pyradiomics normal mode per ball (default: cube)")

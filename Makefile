@@ -43,7 +43,8 @@ model: $(STAMP)
 # The engine vs pyradiomics on the issue-17 inputs (same-run ratios, exactness checked; docs/featuremaps.md):
 # TCGA tumour, brain1's enhancing tumour, the phantom's enhancing rim (z-scored, bin widths 25 and 10) and the
 # AURORA case's brightest enhancement; r = 1, 2, 3; cube (pyradiomics voxel-based) and ball (normal mode per ball).
-BENCH    := $(PY) -m KiMapLib bench-maps --kernel cube ball --kernel-radius 1 2 3
+# Medians of 3 engine runs and of 3 pyradiomics timings per row; the binWidth-10 rows take long (pyradiomics ~2 vox/s).
+BENCH    := $(PY) -m KiMapLib bench-maps --kernel cube ball --kernel-radius 1 2 3 --pyradiomics-repeats 3
 DATA     := ../shared/data
 PHANTOM  := $(OUT)/bench/phantom/SYN001
 bench: $(STAMP)

@@ -273,7 +273,8 @@ def test_bench_maps_cli_both_kernels_agree(tmp_path):
     out = tmp_path / "bench.json"
     code = bench_maps.main(["--image", str(tmp_path / "image.nrrd"), "--mask", str(tmp_path / "mask.nrrd"),
                             "--kernel", "cube", "ball", "--kernel-radius", "1", "--reference-voxels", "40",
-                            "--ball-reference-voxels", "3", "--repeats", "1", "--json", str(out)])
+                            "--ball-reference-voxels", "3", "--repeats", "1", "--pyradiomics-repeats", "2",
+                            "--json", str(out)])
     import json
 
     result = json.loads(out.read_text())

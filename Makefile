@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 OUT    ?= out
 PORT   ?= 8080
 
-.PHONY: setup demo test lint model bench web clean
+.PHONY: setup demo test lint model bench bench-peers web clean
 
 setup: $(STAMP)
 
@@ -40,11 +40,24 @@ model: $(STAMP)
 	  --model-id kimap-ki67-synthetic-v1 --seed 0 --register \
 	  --data-description "synthetic phantom cohort: kimap phantom --patients 30 --seed 2026"
 
+# The engine vs pyradiomics on the issue-17 inputs (same-run ratios, exactness checked; docs/featuremaps.md):
+# TCGA tumour, brain1's enhancing tumour, the phantom's enhancing rim (z-scored, bin widths 25 and 10) and the
+# AURORA case's brightest enhancement; r = 1, 2, 3; cube (pyradiomics voxel-based) and ball (normal mode per ball).
+# Medians of 3 engine runs and of 3 pyradiomics timings per row; the binWidth-10 rows take long (pyradiomics ~2 vox/s).
+BENCH    := $(PY) -m KiMapLib bench-maps --kernel cube ball --kernel-radius 1 2 3 --pyradiomics-repeats 3
+DATA     := ../shared/data
+PHANTOM  := $(OUT)/bench/phantom/SYN001
 bench: $(STAMP)
 	mkdir -p $(OUT)/bench
-	for r in 1 2 3; do $(PY) -m KiMapLib bench-maps --image ../shared/data/tcga-du-7294/t1c.nii.gz --zscore \
-	  --mask ../shared/data/tcga-du-7294/tumor_seg_isen20.nii.gz --kernel-radius $$r --json $(OUT)/bench/tcga_r$$r.json \
-	  || exit 1; done
+	test -f $(PHANTOM)/t1c.nrrd || $(PY) -m KiMapLib phantom --out $(OUT)/bench/phantom --patients 1 --seed 2026
+	$(BENCH) --name tcga --image $(DATA)/tcga-du-7294/t1c.nii.gz --zscore \
+	  --mask $(DATA)/tcga-du-7294/tumor_seg_isen20.nii.gz --json $(OUT)/bench/tcga.json
+	$(BENCH) --name brain1 --image $(DATA)/pyradiomics-brain/brain1_image.nrrd \
+	  --mask $(DATA)/pyradiomics-brain/brain1_label.nrrd --json $(OUT)/bench/brain1.json
+	for bw in 25 10; do $(BENCH) --name phantom-rim-bw$$bw --image $(PHANTOM)/t1c.nrrd --zscore \
+	  --mask $(PHANTOM)/tumor_label.nrrd --label 2 --bin-width $$bw --json $(OUT)/bench/phantom_bw$$bw.json || exit 1; done
+	$(BENCH) --name aurora-brightest --image $(DATA)/aurora-case/t1c.nii.gz --brightest 1500 \
+	  --json $(OUT)/bench/aurora.json
 	$(PY) Testing/Python/bench_tcga_map.py --slicer
 
 clean:

@@ -12,7 +12,7 @@ compute_map timings the command reports, and its peak RSS.
 
 ``--slicer``: also the Slicer module's map, ``KiMapLogic.computeMap`` on a slicer-core scene (volume and region
 nodes in, ki67 and P(high) nodes out; the model loaded once before, as when the user picks it).
-``--api``: also ``feature_maps`` per sequence (the library call returning 15 full-size feature images).
+``--api``: also ``feature_maps`` per sequence (the library call returning 15 bounding-box feature images).
 Not a test (no timed assertions).
 """
 
@@ -99,7 +99,7 @@ def slicer_seconds(model_folder: Path, repeats: int) -> list[float]:
 
 
 def api_seconds() -> dict[str, float]:
-    """``feature_maps`` per sequence (read, foreground, z-score, 15 full-size maps), as the library API."""
+    """``feature_maps`` per sequence (read, foreground, z-score, 15 bounding-box maps), as the library API."""
     import SimpleITK as sitk
 
     from KiMapLib.features.featuremaps import feature_maps
@@ -130,7 +130,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--slicer", action="store_true", help="also time KiMapLogic.computeMap on slicer-core")
-    parser.add_argument("--api", action="store_true", help="also time feature_maps (45 full-size feature images)")
+    parser.add_argument("--api", action="store_true", help="also time feature_maps (45 bounding-box feature images)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         model = three_sequence_model(Path(tmp))

@@ -147,13 +147,49 @@ def test_maps_full_geometry_nan_outside_and_subset(brain_crop):
     image.SetOrigin((10.0, -5.0, 3.0))
     mask.CopyInformation(image)
     keys = ["original_glcm_Contrast", "original_firstorder_Mean"]
-    maps = feature_maps(image, mask, {"binWidth": 25, "ballRadius": 2.0}, features=keys, kernel="ball")
+    maps = feature_maps(image, mask, {"binWidth": 25, "ballRadius": 2.0}, features=keys, kernel="ball",
+                        geometry="image")
     assert sorted(maps) == sorted(keys)
     for result in maps.values():
         assert result.GetSize() == image.GetSize() and result.GetOrigin() == image.GetOrigin()
         values = sitk.GetArrayFromImage(result)
         inside = sitk.GetArrayFromImage(mask) == 1
         assert np.isnan(values[~inside]).all() and np.isfinite(values[inside]).all()
+
+
+def test_maps_bounding_box_by_default():
+    """Default maps cover the mask's bounding box (origin of its first voxel, image spacing and direction), hold the
+    feature_arrays values at the mask voxels and NaN elsewhere, and equal the full-geometry maps cropped."""
+    rng = np.random.default_rng(3)
+    image = _image(rng.normal(0, 100, (12, 14, 16)), spacing=(0.8, 1.1, 2.0))
+    image.SetOrigin((10.0, -5.0, 3.0))
+    image.SetDirection((0.0, 1.0, 0.0, -1.0, 0.0, 0.0, 0.0, 0.0, 1.0))
+    mask_array = np.zeros((12, 14, 16), np.uint8)
+    mask_array[3:7, 5:9, 4:11] = 1
+    mask_array[3, 5, 4] = 0  # the box corner itself is not a mask voxel
+    mask_array[8, 10, 12] = 1
+    mask = _image(mask_array)
+    mask.CopyInformation(image)
+    settings = {"binWidth": 25, "kernelRadius": 1}
+    keys = ["original_glcm_Contrast", "original_firstorder_Mean"]
+    boxed = feature_maps(image, mask, settings, features=keys, kernel="cube")
+    full = feature_maps(image, mask, settings, features=keys, kernel="cube", geometry="image")
+    arrays = feature_arrays(image, mask, settings, features=keys, kernel="cube")
+    for name in keys:
+        f = arrays.keys.index(name)
+        result = boxed[name]
+        assert result.GetSize() == (9, 6, 6)  # i 4..12, j 5..10, k 3..8
+        assert np.allclose(result.GetOrigin(), image.TransformIndexToPhysicalPoint((4, 5, 3)))
+        assert result.GetSpacing() == image.GetSpacing() and result.GetDirection() == image.GetDirection()
+        values = sitk.GetArrayFromImage(result)
+        k, j, i = (arrays.index_kji - [3, 5, 4]).T
+        np.testing.assert_array_equal(values[k, j, i], arrays.values[f].astype(np.float32))
+        outside = np.ones(values.shape, bool)
+        outside[k, j, i] = False
+        assert np.isnan(values[outside]).all() and outside.sum() == values.size - len(arrays.index_kji)
+        np.testing.assert_array_equal(values, sitk.GetArrayFromImage(full[name])[3:9, 5:11, 4:13])
+    with pytest.raises(KiMapError, match="geometry"):
+        feature_maps(image, mask, settings, features=keys, kernel="cube", geometry="full")
 
 
 @pytest.mark.parametrize("symmetric", [True, False])
@@ -222,22 +258,50 @@ def test_min_kernel_voxels():
     assert corner_like.sum() == 26  # only the centre of the 3x3x3 mask has a full 27-voxel kernel
 
 
-def test_bench_maps_cli_smoke(tmp_path):
+def test_bench_maps_cli_both_kernels_agree(tmp_path):
+    """bench-maps times feature_maps against pyradiomics (voxel-based for cube, normal mode per ball) and checks
+    every feature on the sampled voxels."""
     from KiMapLib.app import bench_maps
 
     rng = np.random.default_rng(3)
     image = _image(rng.normal(0, 100, (12, 12, 12)).astype(np.float32))
     mask_array = np.zeros((12, 12, 12), np.uint8)
     mask_array[3:9, 3:9, 3:9] = 1
+    mask_array[4:6, 4:6, 4:6] = 2
     sitk.WriteImage(image, str(tmp_path / "image.nrrd"))
     sitk.WriteImage(_image(mask_array), str(tmp_path / "mask.nrrd"))
     out = tmp_path / "bench.json"
     code = bench_maps.main(["--image", str(tmp_path / "image.nrrd"), "--mask", str(tmp_path / "mask.nrrd"),
-                            "--kernel-radius", "1", "--reference-voxels", "40", "--repeats", "1", "--json", str(out)])
+                            "--kernel", "cube", "ball", "--kernel-radius", "1", "--reference-voxels", "40",
+                            "--ball-reference-voxels", "3", "--repeats", "1", "--pyradiomics-repeats", "2",
+                            "--json", str(out)])
     import json
 
     result = json.loads(out.read_text())
-    assert code == 0 and result["agree"] and result["all_classes"]["engine_voxels_per_s"] > 0
+    assert code == 0 and result["agree"]
+    assert [(r["kernel"], r["kernel_radius"], r["mask_voxels"]) for r in result["runs"]] == [("cube", 1, 216),
+                                                                                            ("ball", 1, 216)]
+    assert result["runs"][0]["reference_voxels"] == 40 and result["runs"][1]["reference_voxels"] == 3
+    assert all(r["engine_voxels_per_s"] > 0 and r["pyradiomics_voxels_per_s"] > 0 for r in result["runs"])
+    assert all(r["max_relative_difference"] < 1e-6 for r in result["runs"])
+    code = bench_maps.main(["--image", str(tmp_path / "image.nrrd"), "--mask", str(tmp_path / "mask.nrrd"),
+                            "--label", "2", "--reference-voxels", "3", "--repeats", "1"])
+    assert code == 0
+
+
+def test_brightest_region_is_connected_and_sized():
+    from scipy import ndimage
+
+    from KiMapLib.app.bench_maps import brightest_region
+
+    rng = np.random.default_rng(5)
+    values = rng.normal(100, 5, (30, 30, 30))
+    values[10:16, 10:18, 12:20] += 200  # a bright blob of 384 voxels
+    values[25, 25, 25] = 400  # a lone bright voxel elsewhere
+    region = brightest_region(_image(values), np.ones(values.shape, bool), 200)
+    assert 180 <= region.sum() <= 220
+    assert ndimage.label(region)[1] == 1
+    assert region[10:16, 10:18, 12:20].sum() == region.sum()
 
 
 @pytest.mark.parametrize("levels", [5, 30])
@@ -267,3 +331,51 @@ def test_neighbour_sums_equal_brute_force(levels):
         assert total[t] == hood.sum()
         assert equal[t] == (hood == g[k, j, i]).sum()
 
+
+
+def test_cache_guard_drops_numba_cache_when_any_source_changes(tmp_path):
+    """A cached kernel holds its callees' code from other files: any engine source change drops the whole cache."""
+    from KiMapLib.features.featuremaps.cache_guard import STAMP, ensure_fresh
+
+    (tmp_path / "a.py").write_text("x = 1\n")
+    cache = tmp_path / "__pycache__"
+    cache.mkdir()
+    (cache / "a.run-1.py311.nbi").write_bytes(b"index")
+    (cache / "a.run-1.py311.1.nbc").write_bytes(b"code")
+    (cache / "a.cpython-311.pyc").write_bytes(b"pyc")
+    assert ensure_fresh(tmp_path)  # no stamp yet: dropped
+    assert sorted(p.name for p in cache.iterdir()) == sorted([STAMP, "a.cpython-311.pyc"])
+    (cache / "a.run-1.py311.nbi").write_bytes(b"index")
+    assert not ensure_fresh(tmp_path)  # unchanged sources: kept
+    assert (cache / "a.run-1.py311.nbi").exists()
+    (tmp_path / "b.py").write_text("y = 2\n")  # another file of the package changed
+    assert ensure_fresh(tmp_path)
+    assert not (cache / "a.run-1.py311.nbi").exists()
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_rank_sort_places_every_order_statistic(seed):
+    """firstorder's selection (counting sort by level, then quickselect per needed rank) puts at each rank the
+    percentiles, median, min and max read the value np.sort puts there, with ties and uneven levels."""
+    from KiMapLib.features.featuremaps.firstorder import _rank_sort
+
+    rng = np.random.default_rng(seed)
+    for n in [1, 2, 3, 7, 40, 333, 515]:
+        values = np.round(rng.normal(0, 60, n)) if seed % 2 else rng.normal(0, 60, n) ** 3 / 1e4
+        levels = np.floor((values - values.min()) / 25.0).astype(np.int32) + 1
+        box = np.zeros(n, np.int32)
+        box[:] = levels
+        cells = np.arange(n, dtype=np.int64)
+        counts = np.bincount(levels, minlength=levels.max() + 2).astype(np.float64)
+        size = len(counts)
+        srt = np.zeros(n)
+        _rank_sort(values.astype(np.float64), box, cells, n, int(levels.min()), int(levels.max()), counts,
+                   np.zeros(size, np.int64), np.zeros(size, np.int64), srt)
+        ranks = {0, n - 1, n // 2, max(n // 2 - 1, 0)}
+        for q in (10, 25, 75, 90):
+            i0 = int(np.floor((n - 1) * q / 100))
+            ranks |= {min(i0, n - 1), min(i0 + 1, n - 1)}
+        expected = np.sort(values)
+        for k in sorted(ranks):
+            assert srt[k] == expected[k], (n, k)
+        assert sorted(srt) == sorted(values)

@@ -13,7 +13,7 @@ def _engine_mcc(P: np.ndarray, symmetric: bool) -> float:
     ei, ej = np.nonzero(P)
     ev = P[ei, ej].copy()
     work = [np.zeros(m, np.int64), np.zeros((m, m)), np.zeros(m + 2, np.int64), np.zeros(m + 1, np.int64),
-            np.zeros(2 * len(ei) + m + 2, np.int64), np.zeros(m), np.zeros(m)]
+            np.zeros(2 * len(ei) + m + 2, np.int64), np.zeros(m), np.zeros(m), np.zeros(m)]
     return glcm._mcc(ei.astype(np.int64), ej.astype(np.int64), ev, len(ei), m, P.sum(1), P.sum(0), m, symmetric,
                      *work)
 

@@ -18,6 +18,8 @@ from KiMapLib.features.featuremaps.names import FEATURES, key, parse_features
 from KiMapLib.progress import ProgressCallback, report
 
 KERNELS = ("ball", "cube", "region")
+#: Grids of :meth:`FeatureArrays.maps`: the mask's bounding box, or the whole input image.
+GEOMETRIES = ("box", "image")
 #: Centres per progress step (each step runs on all cores).
 CHUNK = 4096
 #: Blocks per thread in a chunk (taken by the threads as they come free: balances kernels of unequal cost).
@@ -33,16 +35,33 @@ class FeatureArrays:
     index_kji: np.ndarray
     reference: sitk.Image
 
-    def maps(self, dtype=np.float32) -> dict[str, sitk.Image]:
-        """Full-geometry images (NaN outside the mask)."""
-        shape = self.reference.GetSize()[::-1]
-        k, j, i = self.index_kji.T
+    def maps(self, dtype=np.float32, geometry: str = "box") -> dict[str, sitk.Image]:
+        """One image per key, NaN at grid voxels that are not mask voxels.
+
+        ``geometry="box"`` (default): the mask's bounding box, with the origin of its first voxel and the image's
+        spacing and direction (as pyradiomics' voxel-based maps, which add a kernel-radius margin): the cost follows
+        the region, not the image. ``geometry="image"``: the input image's full grid."""
+        if geometry not in GEOMETRIES:
+            raise KiMapError(f"unknown geometry '{geometry}'", input_name="geometry", hint="use 'box' or 'image'")
+        if geometry == "image":
+            lo = np.zeros(3, np.int64)
+            shape = tuple(self.reference.GetSize()[::-1])
+        else:
+            lo = self.index_kji.min(0)
+            shape = tuple(int(v) for v in self.index_kji.max(0) - lo + 1)
+        flat = np.ravel_multi_index(tuple((self.index_kji - lo).T), shape)
+        origin = self.reference.TransformIndexToPhysicalPoint([int(v) for v in lo[::-1]])
+        spacing, direction = self.reference.GetSpacing(), self.reference.GetDirection()
+        values = self.values.astype(dtype, copy=False)
         result = {}
         array = np.full(shape, np.nan, dtype=dtype)  # one buffer: only the mask voxels change between features
+        line = array.reshape(-1)
         for f, name in enumerate(self.keys):
-            array[k, j, i] = self.values[f]
+            line[flat] = values[f]
             image = sitk.GetImageFromArray(array)
-            image.CopyInformation(self.reference)
+            image.SetOrigin(origin)
+            image.SetSpacing(spacing)
+            image.SetDirection(direction)
             result[name] = image
         return result
 

@@ -70,21 +70,41 @@ def _percentile(xs, n, q):
 
 
 @nb.njit(cache=True, nogil=True)
-def _sort_level_of(k, srt, lo, hi, counts, pos, done):
-    """Sort the level whose values hold rank ``k`` (once)."""
-    for g in range(lo, hi + 1):
-        if k < pos[g] + counts[g]:
-            if not done[g]:
-                insertion_sort(srt, pos[g], pos[g] + int(counts[g]))
-                done[g] = 1
+def _select(a, lo, hi, k):
+    """Reorder a[lo:hi] so that a[k] holds the value of rank k there, smaller-or-equal values before it and
+    greater-or-equal ones after it (quickselect, Hoare partition around a median of three; ties stay balanced)."""
+    while hi - lo > 16:
+        x = a[lo]
+        y = a[(lo + hi - 1) // 2]
+        z = a[hi - 1]
+        pivot = max(min(x, y), min(max(x, y), z))
+        i = lo
+        j = hi - 1
+        while i <= j:
+            while a[i] < pivot:
+                i += 1
+            while a[j] > pivot:
+                j -= 1
+            if i <= j:
+                a[i], a[j] = a[j], a[i]
+                i += 1
+                j -= 1
+        if k <= j:
+            hi = j + 1
+        elif k >= i:
+            lo = i
+        else:  # j < k < i: a[k] equals the pivot, in place
             return
+    insertion_sort(a, lo, hi)
 
 
 @nb.njit(cache=True, nogil=True)
 def _rank_sort(xs, box_lev, cells, n, lo, hi, counts, pos, done, srt):
-    """Values in ``srt[:n]`` ordered wherever the order statistics look (min, max, median, 10/25/75/90th
-    percentile): a counting sort by grey level (binning is monotone in value, so level g holds the ranks
-    pos[g] .. pos[g] + counts[g] - 1), then a sort of only the levels holding those ranks."""
+    """Values in ``srt[:n]`` placed at the ranks the order statistics read (min, max, median, 10/25/75/90th
+    percentile; the other positions are only partitioned): a counting sort by grey level (binning is monotone in
+    value, so level g holds the ranks pos[g] .. pos[g] + counts[g] - 1), then, within the levels holding those
+    ranks, a selection of each rank in increasing order (each from the previous one on: O(level size), not the
+    O(size^2) of sorting the level)."""
     acc = 0
     for g in range(lo, hi + 1):
         pos[g] = acc
@@ -95,16 +115,29 @@ def _rank_sort(xs, box_lev, cells, n, lo, hi, counts, pos, done, srt):
         done[g] += 1
     for g in range(lo, hi + 1):
         done[g] = 0
-    _sort_level_of(0, srt, lo, hi, counts, pos, done)
-    _sort_level_of(n - 1, srt, lo, hi, counts, pos, done)
-    _sort_level_of(n // 2, srt, lo, hi, counts, pos, done)
-    _sort_level_of(max(n // 2 - 1, 0), srt, lo, hi, counts, pos, done)
+    ranks = np.empty(12, np.int64)
+    ranks[0] = 0
+    ranks[1] = n - 1
+    ranks[2] = n // 2
+    ranks[3] = max(n // 2 - 1, 0)
+    r = 4
     for q in (10.0, 25.0, 75.0, 90.0):
         i0 = int(np.floor((n - 1) * (q / 100.0)))
-        _sort_level_of(min(max(i0, 0), n - 1), srt, lo, hi, counts, pos, done)
-        _sort_level_of(min(max(i0 + 1, 0), n - 1), srt, lo, hi, counts, pos, done)
-    for g in range(lo, hi + 1):
-        done[g] = 0
+        ranks[r] = min(max(i0, 0), n - 1)
+        ranks[r + 1] = min(max(i0 + 1, 0), n - 1)
+        r += 2
+    insertion_sort(ranks, 0, 12)
+    g = lo
+    start = 0
+    for r in range(12):
+        k = ranks[r]
+        if k < start:  # a repeated rank, already in place
+            continue
+        while k >= pos[g] + int(counts[g]):
+            g += 1
+        start = max(start, pos[g])
+        _select(srt, start, pos[g] + int(counts[g]), k)
+        start = k + 1
 
 
 @nb.njit(cache=True, nogil=True)

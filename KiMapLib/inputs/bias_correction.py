@@ -49,10 +49,14 @@ def n4_log_bias_field(image: sitk.Image, mask: np.ndarray, *, shrink_factor: int
 def n4_correct(image: sitk.Image, mask: np.ndarray, *, shrink_factor: int = 4, iterations: int = 50,
                fitting_levels: int = 4, name: str = "image") -> sitk.Image:
     """``image / exp(log bias field)`` as float64 on the same grid (values outside ``mask`` divided likewise)."""
-    log_field = sitk.GetArrayViewFromImage(n4_log_bias_field(
-        image, mask, shrink_factor=shrink_factor, iterations=iterations, fitting_levels=fitting_levels, name=name))
+    field_image = n4_log_bias_field(image, mask, shrink_factor=shrink_factor, iterations=iterations,
+                                    fitting_levels=fitting_levels, name=name)
+    log_field = sitk.GetArrayFromImage(field_image).astype(np.float64)  # a copy: a view dies with its image
+    if not np.all(np.isfinite(log_field[mask])):
+        raise KiMapError("N4 bias-field correction did not converge (non-finite field)", input_name=name,
+                         hint="check the volume, or extract with --bias-correction none")
     values = sitk.GetArrayViewFromImage(image).astype(np.float64)
-    values /= np.exp(log_field.astype(np.float64))
+    values /= np.exp(log_field)
     result = sitk.GetImageFromArray(values)
     result.CopyInformation(image)
     return result

@@ -40,7 +40,10 @@ class ExtractionSettings:
 
     ``bias_correction`` "n4" divides each weighted sequence (t1c, t2, flair, t1; never adc) by its N4 bias field
     before the z-score: fitted inside the foreground on a copy shrunk by ``n4_shrink_factor``, with
-    ``n4_iterations`` per fitting level and ``n4_fitting_levels`` levels, applied at full resolution.
+    ``n4_iterations`` per fitting level and ``n4_fitting_levels`` levels, applied at full resolution. Two levels
+    (a B-spline mesh of 2 intervals per axis) fit the smooth receive-coil field; with four, the field followed the
+    enhancing rim of the phantom's tumours and removed most of its contrast (median over 30 phantom patients of
+    rim/normal t1c 1.355 as acquired, 1.351 after 2 levels, 1.109 after 4).
     """
 
     ball_radius_mm: float = 5.0
@@ -54,7 +57,7 @@ class ExtractionSettings:
     bias_correction: str = "none"
     n4_shrink_factor: int = 4
     n4_iterations: int = 50
-    n4_fitting_levels: int = 4
+    n4_fitting_levels: int = 2  # 4 (ITK's 4 -> 32 control points) follows an enhancing tumour as if it were bias
 
     def pyradiomics_settings(self) -> dict:
         """Settings in pyradiomics' vocabulary (image already normalized, no resampling)."""

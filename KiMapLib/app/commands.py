@@ -96,8 +96,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def add_bias_correction_argument(parser: argparse.ArgumentParser) -> None:
     """``--bias-correction none|n4``: recorded in the settings (and so in the model card), applied again at mapping."""
     parser.add_argument("--bias-correction", choices=BIAS_CORRECTIONS, default=ExtractionSettings.bias_correction,
-                        help="bias-field correction of t1c/t2/flair/t1 before the z-score: N4 (SimpleITK; about 20 s "
-                             "per 240x240x155 sequence on 2 cores) or none (default: %(default)s)")
+                        help="bias-field correction of t1c/t2/flair/t1 before the z-score: N4 (SimpleITK; about 3 "
+                             "CPU-s per 240x240x155 sequence) or none (default: %(default)s; measured best on the "
+                             "phantom, leave-one-institution-out)")
 
 
 def _age(text: str) -> float:

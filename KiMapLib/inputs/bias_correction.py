@@ -47,7 +47,7 @@ def n4_log_bias_field(image: sitk.Image, mask: np.ndarray, *, shrink_factor: int
 
 
 def n4_correct(image: sitk.Image, mask: np.ndarray, *, shrink_factor: int = 4, iterations: int = 50,
-               fitting_levels: int = 4, name: str = "image") -> sitk.Image:
+               fitting_levels: int = 2, name: str = "image") -> sitk.Image:
     """``image / exp(log bias field)`` as float64 on the same grid (values outside ``mask`` divided likewise)."""
     field_image = n4_log_bias_field(image, mask, shrink_factor=shrink_factor, iterations=iterations,
                                     fitting_levels=fitting_levels, name=name)

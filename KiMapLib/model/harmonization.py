@@ -186,22 +186,31 @@ class ComBat(TransformerMixin, BaseEstimator):
         standardized = self._standardize(features, covariates)
         harmonized = features.copy()
         adjustable = np.isfinite(self.pooled_var_) & (self.pooled_var_ > TINY_VARIANCE)
-        self.unseen_ = {}
+        unseen = self._unseen(labels)
         for batch in np.unique(labels):
             rows = labels == batch
-            if batch in self.batches_:
+            if unseen.get(batch) == "unchanged":
+                continue
+            if batch in unseen:
+                gamma, delta = empirical_bayes(standardized[rows])
+            else:
                 index = int(np.searchsorted(self.batches_, batch))
                 gamma, delta = self.gamma_[index], self.delta_[index]
-            elif self.unseen_batch == "estimate" and rows.sum() >= self.min_unseen_rows:
-                gamma, delta = empirical_bayes(standardized[rows])
-                self.unseen_[str(batch)] = "estimated"
-            else:
-                self.unseen_[str(batch)] = "unchanged"
-                continue
             adjusted = (standardized[rows] - gamma) / np.sqrt(delta) * np.sqrt(self.pooled_var_) \
                 + self._mean(covariates[rows])
             harmonized[rows] = np.where(adjustable, adjusted, features[rows])
         return np.hstack([harmonized, covariates])
+
+    def _unseen(self, labels: np.ndarray) -> dict[str, str]:
+        batches, counts = np.unique(labels, return_counts=True)
+        return {str(batch): "estimated" if self.unseen_batch == "estimate" and count >= self.min_unseen_rows
+                else "unchanged" for batch, count in zip(batches, counts, strict=True) if batch not in self.batches_}
+
+    def unseen_institutions(self, X) -> dict[str, str]:
+        """Institution -> "estimated" or "unchanged" for each institution of ``X`` not seen at fit (what
+        :meth:`transform` does with its rows)."""
+        check_is_fitted(self, "gamma_")
+        return self._unseen(self._split(X)[0])
 
     def get_feature_names_out(self, input_features=None) -> np.ndarray:
         check_is_fitted(self, "gamma_")

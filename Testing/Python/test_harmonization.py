@@ -68,15 +68,16 @@ def test_an_unseen_institution_is_unchanged_or_estimated_from_its_own_rows():
     combat = ComBat(0, [-1]).fit(table)
     seen = combat.transform(table)
     np.testing.assert_array_equal(combat.transform(new)[:, :40], new[:, 1:41].astype(float))
-    assert combat.unseen_ == {"D": "unchanged"}
+    assert combat.unseen_institutions(new) == {"D": "unchanged"}
     estimating = ComBat(0, [-1], unseen_batch="estimate", min_unseen_rows=10).fit(table)
     harmonized = estimating.transform(new)
-    assert estimating.unseen_ == {"D": "estimated"}
+    assert estimating.unseen_institutions(new) == {"D": "estimated"}
     np.testing.assert_allclose(harmonized[:, :40].mean(axis=0), seen[:, :40].mean(axis=0), atol=0.35)
     assert np.median(harmonized[:, :40].std(axis=0) / seen[:, :40].std(axis=0)) == pytest.approx(1.0, abs=0.1)
     few = estimating.transform(new[:9])
     np.testing.assert_array_equal(few[:, :40], new[:9, 1:41].astype(float))
-    assert estimating.unseen_ == {"D": "unchanged"}
+    assert estimating.unseen_institutions(new[:9]) == {"D": "unchanged"}
+    assert estimating.unseen_institutions(table) == {}
 
 
 def test_missing_values_stay_missing_and_do_not_spoil_the_rest():

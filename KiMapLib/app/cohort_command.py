@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from KiMapLib.app.commands import add_bias_correction_argument
 from KiMapLib.errors import Cancelled
 from KiMapLib.settings import ExtractionSettings
 
@@ -64,6 +65,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     extract.add_argument("--radius", type=float, default=ExtractionSettings.ball_radius_mm, help="ball radius, mm")
     extract.add_argument("--bin-width", type=float, default=ExtractionSettings.bin_width,
                          help="pyradiomics binWidth on the z-scored (x100) intensities")
+    add_bias_correction_argument(extract)
     _cluster(extract)
     extract.set_defaults(func=run_extract)
 
@@ -153,7 +155,8 @@ def run_extract(args: argparse.Namespace) -> int:
     from KiMapLib.cohort.batch_extract import extract_cohort
     from KiMapLib.progress import progress_bar
 
-    settings = ExtractionSettings(ball_radius_mm=args.radius, bin_width=args.bin_width)
+    settings = ExtractionSettings(ball_radius_mm=args.radius, bin_width=args.bin_width,
+                                  bias_correction=args.bias_correction)
     checked = _checked_patients(args) if args.cohort or args.manifest else None
     with _open(args, create=checked is not None) as store:
         if checked is not None:

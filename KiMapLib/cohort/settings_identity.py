@@ -14,7 +14,10 @@ def settings_json(settings: ExtractionSettings) -> str:
 
 
 def settings_digest(settings: ExtractionSettings, pyradiomics_version: str) -> str:
-    """sha256 of the settings and the pyradiomics version: features computed with another version are new rows."""
-    text = json.dumps({"settings": settings.to_dict(), "pyradiomics_version": pyradiomics_version},
+    """sha256 of the settings and the pyradiomics version: features computed with another version are new rows.
+
+    Settings without a bias correction hash as before that option existed (:meth:`ExtractionSettings.identity_dict`).
+    """
+    text = json.dumps({"settings": settings.identity_dict(), "pyradiomics_version": pyradiomics_version},
                       sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()

@@ -9,6 +9,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from KiMapLib.errors import GeometryError, KiMapError, ModelError
+from KiMapLib.inputs.bias_correction import BIAS_CORRECTED_SEQUENCES, n4_correct
 from KiMapLib.inputs.geometry import check_ball_grid
 from KiMapLib.inputs.images import align_to_t1c
 from KiMapLib.inputs.normalization import foreground_mask, zscore
@@ -18,6 +19,8 @@ from KiMapLib.settings import ExtractionSettings
 #: Bytes per t1c voxel and sequence while a case is prepared: the float32 copy on the t1c grid, the float64
 #: normalized values, the foreground sample and the float64 result (the sequences are normalized side by side).
 CASE_BYTES_PER_VOXEL_PER_SEQUENCE = 28
+#: More bytes per voxel and sequence with N4: the float32 input, its log bias field and the float64 corrected copy.
+N4_BYTES_PER_VOXEL_PER_SEQUENCE = 16
 
 
 @dataclass
@@ -49,10 +52,20 @@ class Case:
         return outside if outside.any() else None
 
 
+def normalized(image: sitk.Image, mask: np.ndarray, settings: ExtractionSettings, name: str) -> sitk.Image:
+    """One sequence as the features see it: bias-corrected when the settings say so (weighted sequences only),
+    then z-scored inside ``mask`` and scaled."""
+    if settings.bias_correction == "n4" and name in BIAS_CORRECTED_SEQUENCES:
+        image = n4_correct(image, mask, shrink_factor=settings.n4_shrink_factor, iterations=settings.n4_iterations,
+                           fitting_levels=settings.n4_fitting_levels, name=name)
+    return zscore(image, mask, settings.normalize_scale, name)
+
+
 def prepare_case(volumes: dict[str, sitk.Image], settings: ExtractionSettings | None = None,
                  required: tuple[str, ...] | list[str] | None = None,
                  foreground: np.ndarray | None = None) -> Case:
-    """Validate, align onto the t1c grid and normalize the given sequences.
+    """Validate, align onto the t1c grid, bias-correct (``settings.bias_correction``) and normalize the given
+    sequences. The foreground comes from the t1c as given (before any bias correction).
 
     ``required`` (from a model card) lists sequences that must be present. Every given sequence is kept, whether
     or not the model uses it: the tumour region and the quality checks use them all.
@@ -66,7 +79,9 @@ def prepare_case(volumes: dict[str, sitk.Image], settings: ExtractionSettings | 
     if "t1c" in volumes:  # before anything is resampled: the ball must fit the grid, the case the memory budget
         check_ball_grid(volumes["t1c"].GetSpacing(), settings.ball_radius_mm, "t1c")
         voxels = float(np.prod([float(s) for s in volumes["t1c"].GetSize()]))
-        check_memory(voxels * (CASE_BYTES_PER_VOXEL_PER_SEQUENCE * len(volumes) + 2),
+        per_sequence = CASE_BYTES_PER_VOXEL_PER_SEQUENCE + (
+            N4_BYTES_PER_VOXEL_PER_SEQUENCE if settings.bias_correction == "n4" else 0)
+        check_memory(voxels * (per_sequence * len(volumes) + 2),
                      f"{len(volumes)} sequence(s) on the t1c grid ({'x'.join(map(str, volumes['t1c'].GetSize()))} "
                      "voxels)", "t1c")
     aligned, notes, coverage = align_to_t1c(volumes)
@@ -82,7 +97,7 @@ def prepare_case(volumes: dict[str, sitk.Image], settings: ExtractionSettings | 
             raise GeometryError("its field of view covers almost none of the t1c foreground (fewer than 27 voxels)",
                                 input_name=name, hint="give coregistered volumes that cover the brain")
     with ThreadPoolExecutor(len(aligned)) as pool:  # numpy and SimpleITK copy and convert without the GIL
-        jobs = {name: pool.submit(zscore, image, masks[name], settings.normalize_scale, name)
+        jobs = {name: pool.submit(normalized, image, masks[name], settings, name)
                 for name, image in aligned.items()}
         images = {name: job.result() for name, job in jobs.items()}  # the first failure (in input order) is raised
     return Case(reference=volumes["t1c"], images=images, foreground=foreground, settings=settings, notes=notes,

@@ -205,7 +205,8 @@ def run_train(args: argparse.Namespace) -> int:
     config = TrainingConfig(target=args.target, group=args.group, threshold_percent=args.threshold,
                             estimator=args.estimator, k_features=args.k_features, selector=args.selector,
                             seed=args.seed, n_jobs=args.n_jobs)
-    with progress_bar("train (leave-one-patient-out)") as progress:
+    scheme = "nested leave-one-patient-out" if args.estimator == "auto" else "leave-one-patient-out"
+    with progress_bar(f"train ({scheme})") as progress:
         result = train(rows, config, settings=settings, model_id=args.model_id,
                        data_description=args.data_description, progress=progress)
     with tempfile.TemporaryDirectory() as folder:

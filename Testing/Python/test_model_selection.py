@@ -94,7 +94,8 @@ def test_every_fit_leaves_out_the_patients_it_serves_and_the_outputs_mean_what_t
     result = nested_lopo(matrix, target, groups, SMALL_GRID, n_jobs=1)
     patients = set(groups)
     expected = {frozenset(patients - {p, q}) for p in patients for q in patients}  # p == q: the LOPO refits
-    assert sorted(map(sorted, trained_on)) == sorted(map(sorted, expected)) and len(trained_on) == 5 * 6 // 2  # n(n+1)/2
+    assert sorted(map(sorted, trained_on)) == sorted(map(sorted, expected))
+    assert len(trained_on) == 5 * 6 // 2  # n(n+1)/2 fits, each once
     for p in sorted(patients):
         winner = result.candidate(result.outer_winner[p])
         inner = result.inner_predicted[p]

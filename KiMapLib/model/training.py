@@ -113,6 +113,7 @@ class TrainingResult:
     groups: np.ndarray
     institutions: list[str] = field(default_factory=list)
     nested: NestedResult | None = None  # outer/inner out-of-fold predictions for interval calibration
+    nested_institutions: NestedResult | None = None  # the same with institutions as outer folds (None: < 2)
     matrix: np.ndarray | None = None  # the design matrix (rows as in ``measured``; columns = card input_features)
 
 
@@ -228,11 +229,11 @@ def train(rows: Sequence[dict], config: TrainingConfig | None = None, *, setting
           "folds": len(patients), **metrics, **probability_metrics(high, probability),
           "rmse_per_patient_median": float(np.median(list(per_patient.values()))),
           "per_institution": per_institution, "selection": selection}
-    loio = ablation = None
+    loio = ablation = by_institution = None
     if config.extra_reports:
-        loio, _ = institution_report(matrix, target, groups, patient_institutions(groups, row_institutions),
-                                     candidates, seed=config.seed, n_jobs=config.n_jobs,
-                                     progress=scaled(progress, 0.75, 0.9))
+        labels = patient_institutions(groups, row_institutions)
+        loio, by_institution = institution_report(matrix, target, groups, labels, candidates, seed=config.seed,
+                                                  n_jobs=config.n_jobs, progress=scaled(progress, 0.75, 0.9))
         report(progress, 0.9, "sequence ablation")
         ablation = sequence_ablation(matrix, target, groups, columns, chosen, seed=config.seed, n_jobs=config.n_jobs)
         if loio:
@@ -280,7 +281,7 @@ def train(rows: Sequence[dict], config: TrainingConfig | None = None, *, setting
     report(progress, 1.0, "trained")
     return TrainingResult(pipeline=pipeline, card=card, report=report_data, measured=target, predicted=predicted,
                           probability=probability, groups=groups, institutions=institutions, nested=nested,
-                          matrix=matrix)
+                          nested_institutions=by_institution, matrix=matrix)
 
 
 def influential_columns(pipeline, selected: Sequence[str]) -> list[str]:

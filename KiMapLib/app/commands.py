@@ -56,9 +56,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--target", default="ki67", help="column of the measured value to predict")
     train.add_argument("--group", default="patient_id", help="column that identifies the patient")
     train.add_argument("--threshold", type=float, default=20.0, help="ki67 %% for P(ki67 >= threshold)")
-    train.add_argument("--estimator", default="ridge", choices=("rf", "ridge"),
-                       help="ridge regression or a random forest")
-    train.add_argument("--k-features", type=int, default=20, help="features kept by SelectKBest(f_regression)")
+    train.add_argument("--estimator", default="auto", choices=("auto", "ridge", "enet", "rf", "gbr"),
+                       help="auto (default): family and size chosen by nested leave-one-patient-out among ridge, "
+                            "elastic net, random forest and gradient boosting (the reported score is the outer "
+                            "one); or one family with fixed hyper-parameters: ridge, enet (elastic net over all "
+                            "features), rf (random forest), gbr (gradient boosting)")
+    train.add_argument("--selector", default="mrmr", choices=("mrmr", "f_regression"),
+                       help="with a fixed family: feature selection by mRMR (redundancy-aware, lets complementary "
+                            "sequences in; default) or the univariate F-test")
+    train.add_argument("--k-features", type=int, default=20,
+                       help="with a fixed family other than enet: number of features kept (default 20)")
+    train.add_argument("--n-jobs", type=int, default=2, help="processes for the cross-validation fits (default 2)")
     train.add_argument("--model-id", default="kimap-ki67-custom", help="model id written into the model card")
     train.add_argument("--seed", type=int, default=0, help="random seed (random forest, calibration folds)")
     train.add_argument("--data-description", default="",
@@ -194,7 +202,7 @@ def run_extract(args: argparse.Namespace) -> int:
 
 def run_train(args: argparse.Namespace) -> int:
     from KiMapLib.model.bundle import save_bundle
-    from KiMapLib.model.plots import calibration, predicted_vs_measured
+    from KiMapLib.model.plots import calibration, predicted_vs_measured, sequence_ablation
     from KiMapLib.model.training import TrainingConfig, train
     from KiMapLib.progress import progress_bar
 
@@ -208,8 +216,10 @@ def run_train(args: argparse.Namespace) -> int:
     else:
         rows, settings = read_table(args.features), _table_settings(args.features)
     config = TrainingConfig(target=args.target, group=args.group, threshold_percent=args.threshold,
-                            estimator=args.estimator, k_features=args.k_features, seed=args.seed)
-    with progress_bar("train (leave-one-patient-out)") as progress:
+                            estimator=args.estimator, k_features=args.k_features, selector=args.selector,
+                            seed=args.seed, n_jobs=args.n_jobs)
+    scheme = "nested leave-one-patient-out" if args.estimator == "auto" else "leave-one-patient-out"
+    with progress_bar(f"train ({scheme})") as progress:
         result = train(rows, config, settings=settings, model_id=args.model_id,
                        data_description=args.data_description, progress=progress)
     with tempfile.TemporaryDirectory() as folder:
@@ -219,6 +229,8 @@ def run_train(args: argparse.Namespace) -> int:
                               reports / "predicted_vs_measured.png")
         calibration(result.measured >= config.threshold_percent, result.probability, reports / "calibration.png",
                     config.threshold_percent)
+        if result.report.get("sequence_ablation"):
+            sequence_ablation(result.report["sequence_ablation"], reports / "sequence_ablation.png")
         (reports / "cv_report.json").write_text(json.dumps(result.report, indent=2) + "\n")
         save_bundle(result.pipeline, result.card, args.out, extra_files={p.name: p.read_bytes() for p in
                                                                           reports.iterdir()})
@@ -231,9 +243,16 @@ def run_train(args: argparse.Namespace) -> int:
 
         print(f"model recorded in the cohort database as model #{register_trained_model(args.db, args.out)}")
     cv = result.report["cv"]
-    print(f"LOPO over {cv['folds']} patients: RMSE {cv['rmse']:.2f} %, R² {cv['r2']:.3f}, MSE {cv['mse']:.2f}, "
-          f"AUC {cv['auc']:.3f}, Brier {cv['brier']:.3f}")
-    print(f"model bundle -> {args.out} (cv_report.json, predicted_vs_measured.png, calibration.png)")
+    print(f"{cv['scheme']} over {cv['folds']} patients: RMSE {cv['rmse']:.2f} %, R² {cv['r2']:.3f}, "
+          f"MSE {cv['mse']:.2f}, AUC {cv['auc']:.3f}, Brier {cv['brier']:.3f}")
+    if "leave_one_institution_out" in cv:
+        loio = cv["leave_one_institution_out"]
+        print(f"leave-one-institution-out over {loio['folds']} institutions: RMSE {loio['rmse']:.2f} %, "
+              f"R² {loio['r2']:.3f}")
+    print(f"model: {result.card['estimator']['candidate']}; sequences used: "
+          f"{', '.join(result.card['required_sequences'])}")
+    print(f"model bundle -> {args.out} (cv_report.json, predicted_vs_measured.png, calibration.png"
+          + (", sequence_ablation.png)" if result.report.get("sequence_ablation") else ")"))
     return 0
 
 

@@ -38,7 +38,8 @@ MAX_CARD_BYTES = 16 << 20
 MAX_MODEL_BYTES = 1 << 30
 #: Card lists of feature names (refusals name the offending entry in words, not the schema's pattern).
 FEATURE_LISTS = ("input_features", "radiomic_features", "used_features", "selected_columns")
-ESTIMATOR_CLASSES = {"ridge": "Ridge", "rf": "RandomForestRegressor"}
+ESTIMATOR_CLASSES = {"ridge": "Ridge", "enet": "ElasticNet", "rf": "RandomForestRegressor",
+                     "gbr": "GradientBoostingRegressor"}
 
 
 def card_schema() -> dict:

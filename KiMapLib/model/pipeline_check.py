@@ -1,13 +1,14 @@
 """The loaded model's structure, checked before its first prediction.
 
 A file that passed :mod:`~KiMapLib.model.skops_audit` holds only allow-listed types, but their attributes are data
-from the file. Here the pipeline must be exactly the one :func:`KiMapLib.model.training.build_pipeline` makes
+from the file. Here the pipeline must be exactly the one :meth:`KiMapLib.model.candidates.Candidate.pipeline` makes
 (step names and classes), every hyper-parameter must pass scikit-learn's own parameter validation, every other
 attribute must be one KiMap knows for that class with the expected kind of value (numeric arrays of the right
 length, finite where predictions use them), no attribute may be callable except ``SelectKBest.score_func`` being
-``f_regression``, and every decision tree must be well formed (children after their parent and inside the node
-table, split features inside the feature count: scikit-learn's compiled predict does not check these). Last, one
-prediction on a row of zeros must give a finite number.
+``f_regression`` or KiMap's ``mrmr_scores``, a gradient boosting model must start from zero (``init_ == "zero"``:
+no init estimator or loss object) with one tree per stage, and every decision tree must be well formed (children
+after their parent and inside the node table, split features inside the feature count: scikit-learn's compiled
+predict does not check these). Last, one prediction on a row of zeros must give a finite number.
 """
 
 from __future__ import annotations
@@ -33,13 +34,14 @@ class _Refused(Exception):
 
 
 def _step_classes() -> tuple[tuple[type, ...], ...]:
-    from sklearn.ensemble import RandomForestRegressor
+    from sklearn.ensemble import GradientBoostingRegressor, RandomForestRegressor
     from sklearn.feature_selection import SelectKBest, VarianceThreshold
     from sklearn.impute import SimpleImputer
-    from sklearn.linear_model import Ridge
+    from sklearn.linear_model import ElasticNet, Ridge
     from sklearn.preprocessing import StandardScaler
 
-    return ((SimpleImputer,), (VarianceThreshold,), (StandardScaler,), (SelectKBest,), (Ridge, RandomForestRegressor))
+    return ((SimpleImputer,), (VarianceThreshold,), (StandardScaler,), (SelectKBest,),
+            (Ridge, ElasticNet, RandomForestRegressor, GradientBoostingRegressor))
 
 
 # -- kinds of attribute values: each returns None when the value fits, else what is wrong --------------------------
@@ -126,6 +128,29 @@ def _tree_estimators(value, owner) -> str | None:
     return None
 
 
+def _boosting_trees(value, owner) -> str | None:
+    from sklearn.tree import DecisionTreeRegressor
+
+    stages = vars(owner).get("n_estimators_")
+    if not isinstance(value, np.ndarray) or value.dtype != object or value.ndim != 2 or value.shape != (stages, 1) \
+            or not _is_int(stages) or not 1 <= stages <= vars(owner).get("n_estimators", 0):
+        return "must be an object array of n_estimators_ x 1 trees (n_estimators_ between 1 and n_estimators)"
+    if any(type(tree) is not DecisionTreeRegressor for tree in value.ravel()):
+        return "must hold DecisionTreeRegressor only"
+    return None
+
+
+def _per_stage(value, owner) -> str | None:
+    stages = vars(owner).get("n_estimators_")
+    if not isinstance(value, np.ndarray) or value.dtype.kind != "f" or value.shape != (stages,):
+        return f"must be a float array of {stages} values (one per stage)"
+    return None
+
+
+def _zero(value, owner) -> str | None:
+    return None if isinstance(value, str) and value == "zero" else 'must be "zero" (no init estimator)'
+
+
 def _tree(value, owner) -> str | None:
     from sklearn.tree._tree import Tree
 
@@ -143,6 +168,11 @@ FITTED: dict[str, dict[str, Callable]] = {
     "SelectKBest": {"n_features_in_": _count, "scores_": _per_feature(), "pvalues_": _per_feature()},
     "Ridge": {"n_features_in_": _count, "coef_": _per_feature(finite=True), "intercept_": _finite_float,
               "n_iter_": _n_iter, "solver_": _solver},
+    "ElasticNet": {"n_features_in_": _count, "coef_": _per_feature(finite=True), "intercept_": _finite_float,
+                   "n_iter_": _count, "dual_gap_": _finite_float},
+    "GradientBoostingRegressor": {"n_features_in_": _count, "n_trees_per_iteration_": _one, "max_features_": _count,
+                                  "n_estimators_": _count, "init_": _zero, "estimators_": _boosting_trees,
+                                  "train_score_": _per_stage},
     "RandomForestRegressor": {"n_features_in_": _count, "_n_samples": _count, "n_outputs_": _one,
                               "_n_samples_bootstrap": _count_or_none, "estimator": _tree_estimator,
                               "estimator_": _tree_estimator, "estimators_": _tree_estimators,
@@ -159,8 +189,10 @@ def _check_parameter(name: str, value: object, owner: object, path: str) -> None
     if type(owner).__name__ == "SelectKBest" and name == "score_func":
         from sklearn.feature_selection import f_regression
 
-        if value is not f_regression:
-            raise _Refused(f"{path}.{name}", "must be sklearn's f_regression")
+        from KiMapLib.model.mrmr import mrmr_scores
+
+        if value is not f_regression and value is not mrmr_scores:
+            raise _Refused(f"{path}.{name}", "must be sklearn's f_regression or KiMap's mrmr_scores")
         return
     if isinstance(value, tuple | list):
         for index, item in enumerate(value):
@@ -193,14 +225,18 @@ def _validate_parameters(estimator: object, params: dict, path: str) -> None:
         raise _Refused(path, f"invalid hyper-parameter ({str(error).splitlines()[0][:200]})") from None
 
 
-def _check_estimator(estimator: object, path: str, like: dict | None = None) -> dict:
-    """Hyper-parameters and attributes of one allow-listed estimator (and of the trees inside a forest). ``like``:
-    the parameters of a sibling tree already validated; this one must equal them except its random_state."""
+def _check_estimator(estimator: object, path: str, like: dict | None = None, same_seed: bool = False) -> dict:
+    """Hyper-parameters and attributes of one allow-listed estimator (and of the trees inside a forest or boosting
+    model). ``like``: the parameters of a sibling tree already validated; this one must equal them except its
+    random_state (a forest's: an integer), or equal them entirely (``same_seed``: a boosting model's, all None)."""
     name = type(estimator).__name__
     spec = FITTED[name]
     params = _parameters(estimator, path)
     if like is None:
         _validate_parameters(estimator, params, path)
+    elif same_seed:
+        if params != like:
+            raise _Refused(path, "hyper-parameters differ from the boosting model's other trees")
     elif {**params, "random_state": None} != {**like, "random_state": None} or not _is_int(params["random_state"]) \
             or not 0 <= params["random_state"] < 2**32:
         raise _Refused(path, "hyper-parameters differ from the forest's other trees")
@@ -225,6 +261,18 @@ def _check_estimator(estimator: object, path: str, like: dict | None = None) -> 
             first = first or checked
             if vars(tree).get("n_features_in_") != vars(estimator).get("n_features_in_"):
                 raise _Refused(f"{path}.estimators_[{index}]", "expects another number of features than the forest")
+    if name == "GradientBoostingRegressor":
+        if params["init"] != "zero":
+            raise _Refused(f"{path}.init", 'must be "zero"')
+        first = None
+        for index, tree in enumerate(vars(estimator).get("estimators_", np.empty((0, 1), object)).ravel()):
+            tree_path = f"{path}.estimators_[{index}, 0]"
+            if vars(tree).get("random_state") is not None:
+                raise _Refused(f"{tree_path}.random_state", "must be None (KiMap drops the fit's random state)")
+            checked = _check_estimator(tree, tree_path, like=first, same_seed=True)
+            first = first or checked
+            if vars(tree).get("n_features_in_") != vars(estimator).get("n_features_in_"):
+                raise _Refused(tree_path, "expects another number of features than the boosting model")
     if name == "DecisionTreeRegressor" and "tree_" in vars(estimator):
         _check_tree(estimator.tree_, vars(estimator).get("n_features_in_"), f"{path}.tree_")
     return params

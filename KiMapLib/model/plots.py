@@ -1,4 +1,4 @@
-"""Pictures of a model's validation: predicted vs measured, and the probability's calibration."""
+"""Pictures of a model's validation: predicted vs measured, the probability's calibration, the sequence ablation."""
 
 from __future__ import annotations
 
@@ -45,6 +45,27 @@ def calibration(high: np.ndarray, probability: np.ndarray, path: str | Path, thr
     ax.set(xlim=(0, 1), ylim=(0, 1), xlabel=f"predicted P(ki67 ≥ {threshold:g} %)",
            ylabel="observed fraction", title="Calibration (leave-one-patient-out)")
     ax.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def sequence_ablation(ablation: dict, path: str | Path) -> None:
+    """Bars of LOPO RMSE: all sequences, each left out, each alone (``reports.sequence_ablation``'s dict)."""
+    plt = pyplot()
+    labels = ["all"] + [f"without {s}" for s in ablation["without"]] + [f"only {s}" for s in ablation["only"]]
+    values = [ablation["all"], *ablation["without"].values(), *ablation["only"].values()]
+    colours = ["0.35"] + ["tab:orange"] * len(ablation["without"]) + ["tab:blue"] * len(ablation["only"])
+    fig, ax = plt.subplots(figsize=(6.4, 0.35 * len(labels) + 1.4), dpi=120)
+    positions = np.arange(len(labels))[::-1]
+    ax.barh(positions, [v["rmse"] for v in values], color=colours)
+    for y, value in zip(positions, values, strict=True):
+        ax.annotate(f"{value['rmse']:.2f}  (R² {value['r2']:.2f})", (value["rmse"], y), xytext=(3, -3),
+                    textcoords="offset points", fontsize=7)
+    ax.set_yticks(positions, labels, fontsize=8)
+    ax.set(xlabel="LOPO RMSE (ki67 %)", xlim=(0, max(v["rmse"] for v in values) * 1.35),
+           title=f"Sequence ablation ({ablation['candidate']})")
+    ax.title.set_fontsize(8)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

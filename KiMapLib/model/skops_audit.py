@@ -20,7 +20,7 @@ from KiMapLib.errors import ModelError
 #: The skops persistence protocol(s) whose loaders this module knows (skops 0.13 writes 2).
 PROTOCOLS = frozenset({2})
 
-#: The classes a KiMap pipeline is made of (KiMapLib.model.training.build_pipeline, both estimators).
+#: The classes a KiMap pipeline is made of (KiMapLib.model.candidates: every family).
 ESTIMATOR_TYPES = frozenset({
     "sklearn.pipeline.Pipeline",
     "sklearn.impute._base.SimpleImputer",
@@ -28,12 +28,19 @@ ESTIMATOR_TYPES = frozenset({
     "sklearn.preprocessing._data.StandardScaler",
     "sklearn.feature_selection._univariate_selection.SelectKBest",
     "sklearn.linear_model._ridge.Ridge",
+    "sklearn.linear_model._coordinate_descent.ElasticNet",
     "sklearn.ensemble._forest.RandomForestRegressor",
+    "sklearn.ensemble._gb.GradientBoostingRegressor",
     "sklearn.tree._classes.DecisionTreeRegressor",
 })
-#: The one function a KiMap pipeline holds: SelectKBest's score function.
-FUNCTION_TYPES = frozenset({"sklearn.feature_selection._univariate_selection.f_regression"})
+#: The functions a KiMap pipeline may hold: SelectKBest's score function (the F-test, or KiMap's mRMR ranking).
+FUNCTION_TYPES = frozenset({"sklearn.feature_selection._univariate_selection.f_regression",
+                            "KiMapLib.model.mrmr.mrmr_scores"})
 TREE_TYPE = "sklearn.tree._tree.Tree"
+#: The one object array KiMap reads: a GradientBoostingRegressor's ``estimators_`` (one DecisionTreeRegressor per
+#: row). skops stores it as an NdArrayNode of ``type`` "json"; anywhere else such a node is refused.
+BOOSTING_TYPE = "sklearn.ensemble._gb.GradientBoostingRegressor"
+TREE_ESTIMATOR_TYPE = "sklearn.tree._classes.DecisionTreeRegressor"
 
 #: Node kind (skops ``__loader__``) -> the exact ``module.class`` names it may carry. No other kind is read.
 ALLOWED: dict[str, frozenset[str]] = {
@@ -68,6 +75,7 @@ _OWN_KEYS = {
     "FunctionNode": frozenset(), "TypeNode": frozenset(), "DictNode": frozenset({"content", "key_types"}),
     "ListNode": frozenset({"content"}), "TupleNode": frozenset({"content"}),
     "JsonNode": frozenset({"content", "is_json"}), "NdArrayNode": frozenset({"type", "file"}),
+    "TreeArrayNode": frozenset({"type", "content", "shape"}),
     "DTypeNode": frozenset({"content"}),
 }
 _KEYS = {loader: keys | _COMMON for loader, keys in _OWN_KEYS.items()}
@@ -117,7 +125,12 @@ class _Walker:
             raise _Refused(path, f"{loader} of {type_name} is not on KiMap's allow-list")
         if (role == "key type") != (loader == "TypeNode"):
             raise _Refused(path, f"{kind} where {'a dict key type' if role == 'key type' else 'a value'} was expected")
-        extra = node.keys() - _KEYS[loader]
+        if role == "tree array" and (loader != "NdArrayNode" or node.get("type") != "json"):
+            raise _Refused(path, f"{kind} where an object array of trees was expected")
+        if role == "tree" and (loader != "ObjectNode" or type_name != TREE_ESTIMATOR_TYPE):
+            raise _Refused(path, f"{kind} where a {TREE_ESTIMATOR_TYPE} was expected")
+        keys = _KEYS["TreeArrayNode" if role == "tree array" else loader]
+        extra = node.keys() - keys
         if extra and (depth > 0 or extra - _ROOT_KEYS):
             raise _Refused(path, f"{kind} has unexpected key(s) {', '.join(sorted(map(str, extra - _ROOT_KEYS)))}")
         saved_id = node.get("__id__")
@@ -140,7 +153,9 @@ class _Walker:
 
     def ObjectNode(self, node: dict, path: str, depth: int, role: str) -> None:
         if "content" in node:  # the estimator's attributes: a dict of attribute name -> value
-            self.node(self._child(node, "content", path, depth, "DictNode"), path, depth + 1)
+            owner = f"{node['__module__']}.{node['__class__']}"
+            self.node(self._child(node, "content", path, depth, "DictNode"), path, depth + 1,
+                      "boosting attributes" if owner == BOOSTING_TYPE else "value")
 
     def TreeNode(self, node: dict, path: str, depth: int, role: str) -> None:
         reduce = self._child(node, "__reduce__", path, depth)
@@ -164,14 +179,18 @@ class _Walker:
         if len(key_types.get("content", ())) != len(content):
             raise _Refused(path, f"{_kind(node)}: one key type per key is expected")
         for key, value in content.items():
-            self.node(value, f"{path}.{key}" if key.isidentifier() else f"{path}[{key!r}]", depth + 1)
+            self.node(value, f"{path}.{key}" if key.isidentifier() else f"{path}[{key!r}]", depth + 1,
+                      "tree array" if role == "boosting attributes" and key == "estimators_" else "value")
 
     def ListNode(self, node: dict, path: str, depth: int, role: str) -> None:
         content = self._child(node, "content", path, depth)
         if not isinstance(content, list):
             raise _Refused(path, f"{_kind(node)}: content must be a list")
+        if role == "tree row" and len(content) != 1:
+            raise _Refused(path, f"{_kind(node)}: a row of boosting trees must hold one tree")
+        inner = {"key types": "key type", "tree row": "tree"}.get(role, "value")
         for index, value in enumerate(content):
-            self.node(value, f"{path}[{index}]", depth + 1, "key type" if role == "key types" else "value")
+            self.node(value, f"{path}[{index}]", depth + 1, inner)
 
     TupleNode = ListNode
 
@@ -181,6 +200,17 @@ class _Walker:
             raise _Refused(path, "JsonNode: content must be the JSON text of a number, text, bool or null")
 
     def NdArrayNode(self, node: dict, path: str, depth: int, role: str) -> None:
+        if role == "tree array":  # a GradientBoostingRegressor's estimators_: rows of one DecisionTreeRegressor each
+            content = self._child(node, "content", path, depth)
+            if node.get("__class__") != "ndarray" or not isinstance(content, list) or not content:
+                raise _Refused(path, f"{_kind(node)}: must be a non-empty numpy.ndarray of tree rows")
+            for index, row in enumerate(content):
+                if not isinstance(row, dict) or row.get("__loader__") != "ListNode":
+                    raise _Refused(f"{path}[{index}]", "a row of boosting trees must be a list")
+                self.node(row, f"{path}[{index}]", depth + 1, "tree row")
+            shape = self._child(node, "shape", path, depth, "TupleNode")
+            self.node(shape, f"{path}.<shape>", depth + 1)
+            return
         file = node.get("file")
         if node.get("type") != "numpy" or not isinstance(file, str) or file not in self.members \
                 or not file.endswith(".npy"):

@@ -1,8 +1,9 @@
 """Training and leave-one-patient-out validation of the ki67 model (scikit-learn pipelines).
 
 Selection, imputation and scaling live inside the pipeline, so in cross-validation they never see the held-out
-patient. The probability P(ki67 >= threshold) is a logistic (Platt) map of the predicted ki67, fitted on
-out-of-fold predictions of held-out patients.
+patient. With ``estimator="auto"`` the model family and its size are chosen by nested leave-one-patient-out
+(:mod:`~KiMapLib.model.selection`): the reported score is the outer one. The probability P(ki67 >= threshold) is
+a logistic (Platt) map of the predicted ki67, fitted on out-of-fold predictions of held-out patients.
 """
 
 from __future__ import annotations
@@ -16,11 +17,18 @@ import numpy as np
 
 from KiMapLib.errors import KiMapError
 from KiMapLib.model.bundle import RESEARCH_NOTICE
+from KiMapLib.model.candidates import FAMILIES, FIXED_PARAMS, SELECTORS, Candidate, default_grid, strip_fit_state
 from KiMapLib.model.design import DEFAULT_COVARIATES, design_matrix, radiomic_columns
-from KiMapLib.progress import ProgressCallback, report
+from KiMapLib.model.metrics import metrics_per_group, regression_metrics
+from KiMapLib.model.reports import institution_report, patient_institutions, sequence_ablation
+from KiMapLib.model.selection import NestedResult, nested_lopo
+from KiMapLib.progress import ProgressCallback, report, scaled
 from KiMapLib.settings import FEATURE_CLASSES, SEQUENCES, ExtractionSettings
 
-ESTIMATORS = ("rf", "ridge")
+#: ``auto``: nested selection over every family's grid; a family name: that family with fixed hyper-parameters.
+ESTIMATORS = ("auto", *FAMILIES)
+__all__ = ["ESTIMATORS", "TrainingConfig", "TrainingResult", "build_pipeline", "candidates_for", "regression_metrics",
+           "train"]
 
 
 @dataclass
@@ -30,49 +38,46 @@ class TrainingConfig:
     target: str = "ki67"
     group: str = "patient_id"
     threshold_percent: float = 20.0
-    estimator: str = "ridge"
+    estimator: str = "auto"  # "auto" or one of FAMILIES (then k_features and selector apply; enet keeps all)
     k_features: int = 20
+    selector: str = "mrmr"  # "mrmr" (redundancy-aware) or "f_regression" (univariate F-test)
     covariates: tuple[str, ...] = DEFAULT_COVARIATES
     seed: int = 0
+    n_jobs: int = 2  # processes for the cross-validation fits
+    extra_reports: bool = True  # leave-one-institution-out and the sequence ablation in the report
 
     def check(self) -> None:
         if self.estimator not in ESTIMATORS:
             raise KiMapError(f"unknown estimator '{self.estimator}'", input_name="--estimator",
                              hint=f"use one of {', '.join(ESTIMATORS)}")
+        if self.selector not in SELECTORS:
+            raise KiMapError(f"unknown selector '{self.selector}'", input_name="--selector",
+                             hint=f"use one of {', '.join(SELECTORS)}")
+        if self.n_jobs < 1:
+            raise KiMapError("n_jobs must be at least 1", input_name="--n-jobs")
         if not 0 < self.threshold_percent < 100:
             raise KiMapError("threshold must be between 0 and 100 %", input_name="--threshold")
         if self.k_features < 1:
             raise KiMapError("k_features must be at least 1", input_name="--k-features")
 
 
+def fixed_candidate(config: TrainingConfig) -> Candidate:
+    """The one candidate of a fixed family (``config.estimator`` not "auto"): elastic net keeps every column."""
+    if config.estimator not in FAMILIES:
+        raise KiMapError(f"'{config.estimator}' is not one model family", input_name="--estimator",
+                         hint=f"use one of {', '.join(FAMILIES)}")
+    k = None if config.estimator == "enet" else config.k_features
+    return Candidate(config.estimator, k, config.selector, dict(FIXED_PARAMS[config.estimator]))
+
+
+def candidates_for(config: TrainingConfig) -> list[Candidate]:
+    """What the nested selection chooses from: the default grid ("auto") or the one fixed candidate."""
+    return default_grid() if config.estimator == "auto" else [fixed_candidate(config)]
+
+
 def build_pipeline(config: TrainingConfig, n_columns: int):
-    """Impute (median) -> drop constant -> scale -> keep the k best (F-test) -> regressor."""
-    from sklearn.ensemble import RandomForestRegressor
-    from sklearn.feature_selection import SelectKBest, VarianceThreshold, f_regression
-    from sklearn.impute import SimpleImputer
-    from sklearn.linear_model import Ridge
-    from sklearn.pipeline import Pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    regressor = (RandomForestRegressor(n_estimators=300, min_samples_leaf=3, max_features=0.5,
-                                       random_state=config.seed, n_jobs=1)
-                 if config.estimator == "rf" else Ridge(alpha=10.0))
-    return Pipeline([
-        ("impute", SimpleImputer(strategy="median", keep_empty_features=True)),
-        ("drop_constant", VarianceThreshold(0.0)),
-        ("scale", StandardScaler()),
-        ("select", SelectKBest(f_regression, k=min(config.k_features, n_columns))),
-        ("regress", regressor),
-    ])
-
-
-def regression_metrics(measured: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
-    """MSE, RMSE and R² (1 - SSres/SStot, pooled over all biopsies)."""
-    residual = measured - predicted
-    mse = float(np.mean(residual**2))
-    total = float(np.sum((measured - measured.mean()) ** 2))
-    r2 = 1.0 - float(np.sum(residual**2)) / total if total > 0 else float("nan")
-    return {"mse": mse, "rmse": float(np.sqrt(mse)), "r2": r2}
+    """Impute (median) -> drop constant -> scale -> keep the k best -> regressor, for a fixed family."""
+    return fixed_candidate(config).pipeline(n_columns, config.seed)
 
 
 def fit_platt(predicted: np.ndarray, high: np.ndarray) -> tuple[float, float]:
@@ -107,6 +112,9 @@ class TrainingResult:
     probability: np.ndarray
     groups: np.ndarray
     institutions: list[str] = field(default_factory=list)
+    nested: NestedResult | None = None  # outer/inner out-of-fold predictions for interval calibration
+    nested_institutions: NestedResult | None = None  # the same with institutions as outer folds (None: < 2)
+    matrix: np.ndarray | None = None  # the design matrix (rows as in ``measured``; columns = card input_features)
 
 
 def check_feature_columns(columns: Sequence[str], settings: ExtractionSettings) -> None:
@@ -195,26 +203,45 @@ def train(rows: Sequence[dict], config: TrainingConfig | None = None, *, setting
                          input_name="features table")
     high = target >= config.threshold_percent
 
-    predicted = lopo_predictions(config, matrix, target, groups, progress)
+    candidates = candidates_for(config)
+    nested = nested_lopo(matrix, target, groups, candidates, seed=config.seed, n_jobs=config.n_jobs,
+                         progress=scaled(progress, 0.0, 0.75 if config.extra_reports else 0.95))
+    predicted = nested.outer_predicted
     probability = lopo_probabilities(predicted, high, groups)
     slope, intercept = fit_platt(predicted, high)
-    report(progress, 0.95, "final fit on all patients")
-    pipeline = build_pipeline(config, matrix.shape[1]).fit(matrix, target)
+    report(progress, 0.95 if not config.extra_reports else 0.75, "final fit on all patients")
+    chosen = nested.final
+    pipeline = strip_fit_state(chosen.pipeline(matrix.shape[1], config.seed).fit(matrix, target))
     selected = pipeline[:-1].get_feature_names_out(np.array(columns, dtype=object))
-    used = [name for name in selected if name in radiomic]
+    used = [name for name in influential_columns(pipeline, selected) if name in radiomic]
 
     sequences = [s for s in SEQUENCES if any(column.startswith(f"{s}_") for column in radiomic)]
     needed = [s for s in sequences if s == "t1c" or any(name.startswith(f"{s}_") for name in used)]
     metrics = regression_metrics(target, predicted)
     per_patient = {p: regression_metrics(target[groups == p], predicted[groups == p])["rmse"] for p in patients}
-    institutions = sorted({str(row.get("institution")) for row in rows if row.get("institution")})
-    cv = {"scheme": "leave-one-patient-out", "folds": len(patients), **metrics,
-          **probability_metrics(high, probability), "rmse_per_patient_median": float(np.median(
-              list(per_patient.values())))}
+    row_institutions = [row.get("institution") for row in rows]
+    institutions = sorted({str(value) for value in row_institutions if value})
+    per_institution = metrics_per_group(target, predicted, np.array([str(v or "(none)") for v in row_institutions]),
+                                        groups)
+    selection = {"method": "nested leave-one-patient-out" if len(candidates) > 1 else "fixed (one candidate)",
+                 "candidates": len(candidates), "final": chosen.name, "fold_winners": nested.winner_counts()}
+    cv = {"scheme": "nested leave-one-patient-out" if len(candidates) > 1 else "leave-one-patient-out",
+          "folds": len(patients), **metrics, **probability_metrics(high, probability),
+          "rmse_per_patient_median": float(np.median(list(per_patient.values()))),
+          "per_institution": per_institution, "selection": selection}
+    loio = ablation = by_institution = None
+    if config.extra_reports:
+        labels = patient_institutions(groups, row_institutions)
+        loio, by_institution = institution_report(matrix, target, groups, labels, candidates, seed=config.seed,
+                                                  n_jobs=config.n_jobs, progress=scaled(progress, 0.75, 0.9))
+        report(progress, 0.9, "sequence ablation")
+        ablation = sequence_ablation(matrix, target, groups, columns, chosen, seed=config.seed, n_jobs=config.n_jobs)
+        if loio:
+            cv["leave_one_institution_out"] = {key: loio[key] for key in ("folds", "mse", "rmse", "r2")}
     card = {
         "schema_version": 1,
         "model_id": model_id,
-        "title": title or f"ki67 regression ({config.estimator}) from {', '.join(sequences)} radiomics",
+        "title": title or f"ki67 regression ({chosen.family}) from {', '.join(needed)} radiomics",
         "intended_use": RESEARCH_NOTICE,
         "created": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "model_file": {"path": "model.skops", "sha256": "0" * 64, "format": "skops"},
@@ -234,7 +261,9 @@ def train(rows: Sequence[dict], config: TrainingConfig | None = None, *, setting
         "probability": {"method": "Platt scaling of predicted ki67, fitted on leave-one-patient-out predictions",
                         "slope": slope, "intercept": intercept,
                         "meaning": f"P(ki67 >= {config.threshold_percent:g} %)"},
-        "estimator": {"name": config.estimator, "k_features": config.k_features, "seed": config.seed,
+        "estimator": {"name": chosen.family, "k_features": "all" if chosen.k is None else chosen.k,
+                      "selector": chosen.selector, "params": dict(chosen.params), "candidate": chosen.name,
+                      "selection": selection["method"], "seed": config.seed,
                       "steps": [name for name, _ in pipeline.steps]},
         "training": {"patients": len(patients), "biopsies": len(rows), "institutions": institutions,
                      "ki67_mean": float(target.mean()), "ki67_sd": float(target.std()),
@@ -243,10 +272,37 @@ def train(rows: Sequence[dict], config: TrainingConfig | None = None, *, setting
         "library_versions": library_versions(),
     }
     report_data = {"model_id": model_id, "cv": cv, "rmse_per_patient": per_patient,
+                   "selection": selection_report(nested), "leave_one_institution_out": loio,
+                   "sequence_ablation": ablation,
                    "biopsies": [{"patient_id": g, "biopsy_id": str(row.get("biopsy_id")), "measured": float(m),
                                  "predicted": float(p), "probability_high": float(q),
                                  "institution": row.get("institution")}
                                 for g, row, m, p, q in zip(groups, rows, target, predicted, probability, strict=True)]}
     report(progress, 1.0, "trained")
     return TrainingResult(pipeline=pipeline, card=card, report=report_data, measured=target, predicted=predicted,
-                          probability=probability, groups=groups, institutions=institutions)
+                          probability=probability, groups=groups, institutions=institutions, nested=nested,
+                          nested_institutions=by_institution, matrix=matrix)
+
+
+def influential_columns(pipeline, selected: Sequence[str]) -> list[str]:
+    """The selected columns the fitted regressor depends on: a non-zero coefficient (linear) or at least one split
+    (trees). Other columns may be left empty at prediction (imputed): the prediction does not change."""
+    model = pipeline.steps[-1][1]
+    if hasattr(model, "coef_"):
+        keep = np.asarray(model.coef_).reshape(-1) != 0
+    else:
+        trees = model.estimators_ if isinstance(model.estimators_, list) else list(model.estimators_.ravel())
+        keep = np.zeros(len(selected), dtype=bool)
+        for tree in trees:
+            split = tree.tree_.feature
+            keep[split[split >= 0]] = True
+    return [str(name) for name, used in zip(selected, keep, strict=True) if used]
+
+
+def selection_report(nested: NestedResult) -> dict:
+    """The nested selection for ``cv_report.json``: candidates, each outer fold's winner and inner MSE of every
+    candidate, and the final choice with each candidate's LOPO MSE on all patients."""
+    return {"candidates": [candidate.to_dict() for candidate in nested.candidates],
+            "outer_winner": nested.outer_winner, "fold_winners": nested.winner_counts(),
+            "inner_mse": nested.inner_mse, "final": nested.final.to_dict() if nested.final else None,
+            "final_lopo_mse": nested.final_mse}

@@ -179,7 +179,7 @@ def test_too_many_grey_levels_per_standard_deviation_are_refused(bundle):
     (("model_file", "path"), "../model.skops", "model_file/path: '../model.skops' does not match"),
     (("model_id",), 7, "model_id: 7 is not of type 'string'"),
     (("required_sequences",), ["t1c", "dwi"], "required_sequences/1: 'dwi' is not one of"),
-    (("estimator", "name"), "svm", "estimator/name: 'svm' is not one of ['ridge', 'rf']"),
+    (("estimator", "name"), "svm", "estimator/name: 'svm' is not one of ['ridge', 'enet', 'rf', 'gbr']"),
 ])
 def test_card_fields_of_the_wrong_type_or_range_are_named(bundle, path, value, expected):
     def change(card):
@@ -218,9 +218,11 @@ def test_card_lists_that_do_not_fit_together_are_refused(bundle):
         bundle, lambda c: c["extraction"].__setitem__("feature_classes", ["ngtdm"] if "ngtdm" not in used else
                                                       ["firstorder"]))
     edit_card(bundle, lambda c: c.__setitem__("extraction", card["extraction"]))
-    missing = next(s for s in ("t2", "flair", "adc") if s not in card["required_sequences"])
-    assert f"needs {missing}, which is not in required_sequences" in card_refusal(
-        bundle, lambda c: c["used_features"].append(f"{missing}_original_glcm_Contrast"))
+    def unrequired(c):  # a used adc feature (the model may already use some) without adc required
+        c["used_features"].append("adc_original_glcm_Contrast")
+        c["required_sequences"] = [s for s in c["required_sequences"] if s != "adc"]
+
+    assert "needs adc, which is not in required_sequences" in card_refusal(bundle, unrequired)
 
 
 @pytest.mark.parametrize("section, key", [("probability", "slope"), ("probability", "intercept"),

@@ -76,7 +76,8 @@ def test_folds_never_train_on_the_held_out_patient(monkeypatch):
 
     columns = [c for c in rows[0] if "_original_" in c]
     groups = np.array([r["patient_id"] for r in rows])
-    lopo_predictions(TrainingConfig(), design_matrix(rows, columns), np.array([r["ki67"] for r in rows]), groups)
+    target = np.array([r["ki67"] for r in rows])
+    lopo_predictions(TrainingConfig(estimator="ridge"), design_matrix(rows, columns), target, groups)
     assert seen == [9, 9, 9, 9]  # 4 folds, each trained on the 3 other patients' 3 biopsies
 
 
@@ -102,7 +103,7 @@ def test_settings_outside_the_card_bounds_are_refused_before_training(monkeypatc
     def never(*args, **kwargs):
         raise AssertionError("validation started")
 
-    monkeypatch.setattr(training, "lopo_predictions", never)
+    monkeypatch.setattr(training, "nested_lopo", never)
     with pytest.raises(KiMapError, match=rf"^extraction settings: {named}: {named} .* is outside"):
         train(identity_only_table(), TrainingConfig(), settings=ExtractionSettings(**change))
 
@@ -116,7 +117,7 @@ def test_columns_kimap_cannot_compute_are_refused_before_training(monkeypatch, c
     from KiMapLib.errors import KiMapError
     from KiMapLib.model import training
 
-    monkeypatch.setattr(training, "lopo_predictions", lambda *a, **k: pytest.fail("validation started"))
+    monkeypatch.setattr(training, "nested_lopo", lambda *a, **k: pytest.fail("validation started"))
     rows = [dict(row, **{column: 1.0}) for row in identity_only_table()]
     with pytest.raises(KiMapError, match=f"^features table: {expected}"):
         train(rows, TrainingConfig())

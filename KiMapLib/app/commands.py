@@ -68,6 +68,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                        help="with a fixed family other than enet: number of features kept (default 20)")
     train.add_argument("--n-jobs", type=int, default=2, help="processes for the cross-validation fits (default 2)")
     train.add_argument("--model-id", default="kimap-ki67-custom", help="model id written into the model card")
+    train.add_argument("--families", default="ridge,enet,rf,gbr", metavar="LIST",
+                       help="with --estimator auto: the model families the nested selection chooses from, "
+                       "comma-separated")
+    train.add_argument("--interval-level", type=float, default=0.9,
+                       help="default level of the prediction intervals, 0.5-0.99 (stored in the model card)")
     train.add_argument("--seed", type=int, default=0, help="random seed (random forest, calibration folds)")
     train.add_argument("--data-description", default="",
                        help="what the training data are, written into the model card (default: empty)")
@@ -202,7 +207,8 @@ def run_extract(args: argparse.Namespace) -> int:
 
 def run_train(args: argparse.Namespace) -> int:
     from KiMapLib.model.bundle import save_bundle
-    from KiMapLib.model.plots import calibration, predicted_vs_measured, sequence_ablation
+    from KiMapLib.model.calibration import plot_reliability
+    from KiMapLib.model.plots import importance, predicted_vs_measured, sequence_ablation
     from KiMapLib.model.training import TrainingConfig, train
     from KiMapLib.progress import progress_bar
 
@@ -217,7 +223,8 @@ def run_train(args: argparse.Namespace) -> int:
         rows, settings = read_table(args.features), _table_settings(args.features)
     config = TrainingConfig(target=args.target, group=args.group, threshold_percent=args.threshold,
                             estimator=args.estimator, k_features=args.k_features, selector=args.selector,
-                            seed=args.seed, n_jobs=args.n_jobs)
+                            seed=args.seed, n_jobs=args.n_jobs, interval_level=args.interval_level,
+                            families=tuple(f.strip() for f in args.families.split(",") if f.strip()))
     scheme = "nested leave-one-patient-out" if args.estimator == "auto" else "leave-one-patient-out"
     with progress_bar(f"train ({scheme})") as progress:
         result = train(rows, config, settings=settings, model_id=args.model_id,
@@ -227,13 +234,14 @@ def run_train(args: argparse.Namespace) -> int:
         labels = [str(b.get("institution") or "all") for b in result.report["biopsies"]]
         predicted_vs_measured(result.measured, result.predicted, labels, result.report["cv"],
                               reports / "predicted_vs_measured.png")
-        calibration(result.measured >= config.threshold_percent, result.probability, reports / "calibration.png",
-                    config.threshold_percent)
+        plot_reliability(result.report["uncertainty"]["calibration"], reports / "calibration.png",
+                         config.threshold_percent)
+        importance(result.report["uncertainty"]["global_importance"], reports / "feature_importance.png")
         if result.report.get("sequence_ablation"):
             sequence_ablation(result.report["sequence_ablation"], reports / "sequence_ablation.png")
         (reports / "cv_report.json").write_text(json.dumps(result.report, indent=2) + "\n")
-        save_bundle(result.pipeline, result.card, args.out, extra_files={p.name: p.read_bytes() for p in
-                                                                          reports.iterdir()})
+        save_bundle(result.pipeline, result.card, spread=result.spread, out_dir=args.out,
+                    extra_files={p.name: p.read_bytes() for p in reports.iterdir()})
     if args.register:
         from KiMapLib.model.bundle import register_packaged
 
@@ -245,13 +253,18 @@ def run_train(args: argparse.Namespace) -> int:
     cv = result.report["cv"]
     print(f"{cv['scheme']} over {cv['folds']} patients: RMSE {cv['rmse']:.2f} %, R² {cv['r2']:.3f}, "
           f"MSE {cv['mse']:.2f}, AUC {cv['auc']:.3f}, Brier {cv['brier']:.3f}")
+    intervals, calibrated = cv["intervals"], cv["calibration"]
+    print(f"{intervals['level']:.0%} prediction intervals on held-out patients: coverage {intervals['coverage']:.3f}, "
+          f"mean width {intervals['mean_width']:.1f} points (sd {intervals['width_sd']:.1f}); P(high): ECE "
+          f"{calibrated['ece']:.3f}, Brier {calibrated['brier']:.3f}")
     if "leave_one_institution_out" in cv:
         loio = cv["leave_one_institution_out"]
         print(f"leave-one-institution-out over {loio['folds']} institutions: RMSE {loio['rmse']:.2f} %, "
               f"R² {loio['r2']:.3f}")
     print(f"model: {result.card['estimator']['candidate']}; sequences used: "
           f"{', '.join(result.card['required_sequences'])}")
-    print(f"model bundle -> {args.out} (cv_report.json, predicted_vs_measured.png, calibration.png"
+    print(f"model bundle -> {args.out} (cv_report.json, predicted_vs_measured.png, calibration.png, "
+          "feature_importance.png"
           + (", sequence_ablation.png)" if result.report.get("sequence_ablation") else ")"))
     return 0
 

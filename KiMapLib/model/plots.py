@@ -69,3 +69,17 @@ def sequence_ablation(ablation: dict, path: str | Path) -> None:
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def importance(values: dict[str, float], path: str | Path, top: int = 15) -> None:
+    """Global feature importance: mean |contribution| (ki67 percentage points) of the model's largest features."""
+    plt = pyplot()
+    names = list(values)[:top][::-1]
+    fig, ax = plt.subplots(figsize=(7, 0.32 * len(names) + 1.4), dpi=120)
+    ax.barh(range(len(names)), [values[name] for name in names], color="#3b7dd8")
+    ax.set_yticks(range(len(names)), names, fontsize=7)
+    ax.set(xlabel="mean |contribution| to the estimate (ki67 percentage points)",
+           title="Feature importance over the training biopsies")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

@@ -22,6 +22,7 @@ from KiMapLib.model.design import DEFAULT_COVARIATES, design_matrix, radiomic_co
 from KiMapLib.model.metrics import metrics_per_group, regression_metrics
 from KiMapLib.model.reports import institution_report, patient_institutions, sequence_ablation
 from KiMapLib.model.selection import NestedResult, nested_lopo
+from KiMapLib.model.uncertainty_fit import FoldFit, fit_uncertainty
 from KiMapLib.progress import ProgressCallback, report, scaled
 from KiMapLib.settings import FEATURE_CLASSES, SEQUENCES, ExtractionSettings
 
@@ -45,6 +46,8 @@ class TrainingConfig:
     seed: int = 0
     n_jobs: int = 2  # processes for the cross-validation fits
     extra_reports: bool = True  # leave-one-institution-out and the sequence ablation in the report
+    interval_level: float = 0.9  # default level of the prediction intervals (stored in the card)
+    families: tuple[str, ...] = FAMILIES  # the families "auto" chooses from
 
     def check(self) -> None:
         if self.estimator not in ESTIMATORS:
@@ -59,6 +62,13 @@ class TrainingConfig:
             raise KiMapError("threshold must be between 0 and 100 %", input_name="--threshold")
         if self.k_features < 1:
             raise KiMapError("k_features must be at least 1", input_name="--k-features")
+        unknown = [family for family in self.families if family not in FAMILIES]
+        if unknown or not self.families:
+            raise KiMapError(f"unknown model family '{unknown[0] if unknown else ''}'", input_name="--families",
+                             hint=f"use a comma-separated subset of {','.join(FAMILIES)}")
+        if not 0.5 <= self.interval_level <= 0.99:
+            raise KiMapError(f"interval level {self.interval_level} is outside 0.5-0.99", input_name="--interval-level",
+                             hint="give e.g. 0.9 for 90 % intervals")
 
 
 def fixed_candidate(config: TrainingConfig) -> Candidate:
@@ -72,7 +82,7 @@ def fixed_candidate(config: TrainingConfig) -> Candidate:
 
 def candidates_for(config: TrainingConfig) -> list[Candidate]:
     """What the nested selection chooses from: the default grid ("auto") or the one fixed candidate."""
-    return default_grid() if config.estimator == "auto" else [fixed_candidate(config)]
+    return default_grid(config.families) if config.estimator == "auto" else [fixed_candidate(config)]
 
 
 def build_pipeline(config: TrainingConfig, n_columns: int):
@@ -114,6 +124,7 @@ class TrainingResult:
     institutions: list[str] = field(default_factory=list)
     nested: NestedResult | None = None  # outer/inner out-of-fold predictions for interval calibration
     nested_institutions: NestedResult | None = None  # the same with institutions as outer folds (None: < 2)
+    spread: object = None  # the prediction intervals' spread model (saved beside the pipeline)
     matrix: np.ndarray | None = None  # the design matrix (rows as in ``measured``; columns = card input_features)
 
 
@@ -207,19 +218,21 @@ def train(rows: Sequence[dict], config: TrainingConfig | None = None, *, setting
     nested = nested_lopo(matrix, target, groups, candidates, seed=config.seed, n_jobs=config.n_jobs,
                          progress=scaled(progress, 0.0, 0.75 if config.extra_reports else 0.95))
     predicted = nested.outer_predicted
-    probability = lopo_probabilities(predicted, high, groups)
-    slope, intercept = fit_platt(predicted, high)
     report(progress, 0.95 if not config.extra_reports else 0.75, "final fit on all patients")
     chosen = nested.final
     pipeline = strip_fit_state(chosen.pipeline(matrix.shape[1], config.seed).fit(matrix, target))
     selected = pipeline[:-1].get_feature_names_out(np.array(columns, dtype=object))
     used = [name for name in influential_columns(pipeline, selected) if name in radiomic]
+    row_institutions = [row.get("institution") for row in rows]
+    uncertainty = fit_uncertainty(outer_folds(nested, matrix, target, config.seed), pipeline, matrix, target, groups,
+                                  columns, config.threshold_percent, level=config.interval_level, seed=config.seed,
+                                  institutions=[str(v or "(none)") for v in row_institutions])
+    probability = uncertainty.p_high  # each patient's from the other patients' calibration scores
 
     sequences = [s for s in SEQUENCES if any(column.startswith(f"{s}_") for column in radiomic)]
     needed = [s for s in sequences if s == "t1c" or any(name.startswith(f"{s}_") for name in used)]
     metrics = regression_metrics(target, predicted)
     per_patient = {p: regression_metrics(target[groups == p], predicted[groups == p])["rmse"] for p in patients}
-    row_institutions = [row.get("institution") for row in rows]
     institutions = sorted({str(value) for value in row_institutions if value})
     per_institution = metrics_per_group(target, predicted, np.array([str(v or "(none)") for v in row_institutions]),
                                         groups)
@@ -228,7 +241,10 @@ def train(rows: Sequence[dict], config: TrainingConfig | None = None, *, setting
     cv = {"scheme": "nested leave-one-patient-out" if len(candidates) > 1 else "leave-one-patient-out",
           "folds": len(patients), **metrics, **probability_metrics(high, probability),
           "rmse_per_patient_median": float(np.median(list(per_patient.values()))),
-          "per_institution": per_institution, "selection": selection}
+          "per_institution": per_institution, "selection": selection,
+          "intervals": {key: uncertainty.report["intervals"][key] for key in
+                        ("level", "coverage", "mean_width", "median_width", "width_sd", "per_institution")},
+          "calibration": {key: uncertainty.report["calibration"][key] for key in ("ece", "brier", "prevalence")}}
     loio = ablation = by_institution = None
     if config.extra_reports:
         labels = patient_institutions(groups, row_institutions)
@@ -258,9 +274,9 @@ def train(rows: Sequence[dict], config: TrainingConfig | None = None, *, setting
         "extraction": {**settings.to_dict(), "pyradiomics_version": library_versions()["pyradiomics"]},
         "target": {"name": config.target, "unit": "%", "threshold_percent": config.threshold_percent,
                    "definition": "ki67 labelling index (% of tumour nuclei positive) of the biopsy specimen"},
-        "probability": {"method": "Platt scaling of predicted ki67, fitted on leave-one-patient-out predictions",
-                        "slope": slope, "intercept": intercept,
+        "probability": {"method": "1 - the conformal predictive distribution at the threshold (section uncertainty)",
                         "meaning": f"P(ki67 >= {config.threshold_percent:g} %)"},
+        **uncertainty.card_sections,
         "estimator": {"name": chosen.family, "k_features": "all" if chosen.k is None else chosen.k,
                       "selector": chosen.selector, "params": dict(chosen.params), "candidate": chosen.name,
                       "selection": selection["method"], "seed": config.seed,
@@ -272,16 +288,30 @@ def train(rows: Sequence[dict], config: TrainingConfig | None = None, *, setting
         "library_versions": library_versions(),
     }
     report_data = {"model_id": model_id, "cv": cv, "rmse_per_patient": per_patient,
+                   "uncertainty": uncertainty.report,
                    "selection": selection_report(nested), "leave_one_institution_out": loio,
                    "sequence_ablation": ablation,
                    "biopsies": [{"patient_id": g, "biopsy_id": str(row.get("biopsy_id")), "measured": float(m),
-                                 "predicted": float(p), "probability_high": float(q),
-                                 "institution": row.get("institution")}
-                                for g, row, m, p, q in zip(groups, rows, target, predicted, probability, strict=True)]}
+                                 "predicted": float(p), "ki67_lower": float(lo), "ki67_upper": float(hi),
+                                 "probability_high": float(q), "institution": row.get("institution")}
+                                for g, row, m, p, lo, hi, q in zip(groups, rows, target, predicted, uncertainty.lower,
+                                                                   uncertainty.upper, probability, strict=True)]}
     report(progress, 1.0, "trained")
     return TrainingResult(pipeline=pipeline, card=card, report=report_data, measured=target, predicted=predicted,
                           probability=probability, groups=groups, institutions=institutions, nested=nested,
-                          nested_institutions=by_institution, matrix=matrix)
+                          nested_institutions=by_institution, matrix=matrix, spread=uncertainty.spread_model)
+
+
+def outer_folds(nested: NestedResult, matrix: np.ndarray, target: np.ndarray, seed: int) -> list[FoldFit]:
+    """Each outer fold's winner refitted without the fold (as the nested selection fitted it), with the fold's rows
+    and the inner out-of-fold predictions of its training rows: what the conformal calibration needs."""
+    folds = []
+    for label, name in nested.outer_winner.items():
+        own = nested.outer == label
+        train_rows, held_out = np.flatnonzero(~own), np.flatnonzero(own)
+        fitted = nested.candidate(name).pipeline(matrix.shape[1], seed).fit(matrix[train_rows], target[train_rows])
+        folds.append(FoldFit(fitted, held_out, train_rows, nested.inner_predicted[label][train_rows]))
+    return folds
 
 
 def influential_columns(pipeline, selected: Sequence[str]) -> list[str]:

@@ -53,7 +53,7 @@ def three_sequence_model(folder: Path) -> Path:
             for p in range(6) for _ in range(8)]
     result = train(rows, TrainingConfig(k_features=len(columns), covariates=()), model_id="bench-three-sequences")
     assert sorted(result.card["used_features"]) == sorted(columns)
-    return save_bundle(result.pipeline, result.card, folder / "model")
+    return save_bundle(result.pipeline, result.card, spread=result.spread, out_dir=folder / "model")
 
 
 def run_map(model: Path, out: Path) -> tuple[float, dict, float]:

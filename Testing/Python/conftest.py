@@ -98,7 +98,8 @@ def tiny_model_dir(tmp_path_factory, tiny_cohort_rows):
 
     result = train(tiny_cohort_rows, TrainingConfig(k_features=8, estimator="ridge"),
                    settings=ExtractionSettings(ball_radius_mm=3.0), model_id="test-tiny")
-    return save_bundle(result.pipeline, result.card, tmp_path_factory.mktemp("models") / "tiny")
+    return save_bundle(result.pipeline, result.card, spread=result.spread,
+                       out_dir=tmp_path_factory.mktemp("models") / "tiny")
 
 
 def write_case_folder(folder, patient: dict, extra_biopsies=()):

@@ -99,3 +99,28 @@ def test_extract_refuses_settings_outside_the_card_bounds_before_any_work(tmp_pa
     line = one_error_line(capsys, f"kimap extract: error: --radius/--bin-width: {named}: {named} ")
     assert "is outside" in line
     assert list(tmp_path.iterdir()) == []
+
+
+def test_predict_writes_intervals_probability_domain_and_contributions(tmp_path, case_dir, tiny_model_dir, capsys):
+    out = tmp_path / "predictions.csv"
+    code = main(["predict", *volume_args(case_dir), "--biopsies", str(case_dir / "biopsies.csv"), "--model",
+                 str(tiny_model_dir), "--interval-level", "0.8", "--out", str(out)])
+    rows = read_table(out)
+    assert rows and code in (0, 1)  # the case folder holds one deliberately bad point (its own error line)
+    model = load_model(tiny_model_dir)
+    for row in rows:
+        assert row["interval_level"] == 0.8
+        assert row["ki67_lower"] <= row["ki67_pred"] <= row["ki67_upper"]
+        assert 0.0 <= row["p_high"] <= 1.0 and row["ood_score"] >= 0.0
+        assert row["contribution_1_feature"] in model.card["uncertainty"]["columns"]
+        assert abs(row["contribution_1_ki67"]) >= abs(row["contribution_2_ki67"]) >= abs(row["contribution_3_ki67"])
+        assert not any("_original_" in key and not key.startswith("contribution") for key in row)
+    wide = tmp_path / "wide.csv"
+    main(["predict", *volume_args(case_dir), "--biopsies", str(case_dir / "biopsies.csv"), "--model",
+          str(tiny_model_dir), "--out", str(wide)])
+    for narrow_row, wide_row in zip(rows, read_table(wide), strict=True):  # 90 % (the card's) is wider than 80 %
+        assert wide_row["ki67_upper"] - wide_row["ki67_lower"] >= narrow_row["ki67_upper"] - narrow_row["ki67_lower"]
+    assert main(["predict", *volume_args(case_dir), "--biopsies", str(case_dir / "biopsies.csv"), "--model",
+                 str(tiny_model_dir), "--interval-level", "1.5", "--out", str(tmp_path / "x.csv")]) == 2
+    assert "interval level 1.5 is outside 0.5-0.99" in capsys.readouterr().err
+    assert not (tmp_path / "x.csv").exists()

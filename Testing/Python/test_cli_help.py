@@ -9,8 +9,8 @@ import pytest
 
 from KiMapLib.app.cli import HelpFormatter, build_parser
 
-EXPECTED_COMMANDS = {"phantom", "extract", "segment", "train", "predict", "map", "export", "bench-maps", "demo", "cohort",
-                     "web"}
+EXPECTED_COMMANDS = {"phantom", "extract", "segment", "train", "predict", "map", "export", "bench-maps", "demo",
+                     "cohort", "web"}
 
 
 def commands(parser: argparse.ArgumentParser | None = None, prefix: str = "") -> dict[str, argparse.ArgumentParser]:

@@ -367,7 +367,7 @@ def test_freshly_trained_models_load_and_predict_identically(tmp_path, tiny_coho
 
     result = train(tiny_cohort_rows, TrainingConfig(k_features=8, estimator=estimator),
                    settings=ExtractionSettings(ball_radius_mm=3.0), model_id=f"test-{estimator}")
-    folder = save_bundle(result.pipeline, result.card, tmp_path / estimator)
+    folder = save_bundle(result.pipeline, result.card, spread=result.spread, out_dir=tmp_path / estimator)
     model = load_model(folder)
     matrix = design(len(model.input_features))
     expected = result.pipeline.predict(matrix)

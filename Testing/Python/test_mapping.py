@@ -54,15 +54,22 @@ def test_map_features_at_a_biopsy_voxel_equal_the_biopsy_features(patient, model
 def test_map_is_on_the_exact_t1c_grid_with_nan_outside(patient, model):
     case = prepare_case(patient["volumes"], model.settings, required=model.required_sequences)
     result = compute_map(case, model, patient["label"], method="reference")
-    for image in (result.ki67, result.probability, result.region):
+    for image in (result.ki67, result.probability, result.region, result.lower, result.upper, result.ood):
         assert same_grid(image, patient["volumes"]["t1c"], tolerance=0)
     ki67 = sitk.GetArrayFromImage(result.ki67)
     inside = sitk.GetArrayFromImage(result.region).astype(bool)
     assert np.isnan(ki67[~inside]).all()
     assert np.isfinite(ki67[inside]).mean() > 0.95
     assert np.nanmin(ki67) >= 0 and np.nanmax(ki67) <= 100
-    probability = sitk.GetArrayFromImage(result.probability)[inside]
-    np.testing.assert_allclose(probability, model.probability(ki67[inside]), rtol=1e-6)
+    probability = sitk.GetArrayFromImage(result.probability)
+    mapped = np.isfinite(ki67)
+    np.testing.assert_array_equal(np.isfinite(probability), mapped)
+    assert np.all((probability[mapped] >= 0) & (probability[mapped] <= 1))
+    lower, upper = (sitk.GetArrayFromImage(image)[mapped] for image in (result.lower, result.upper))
+    assert np.all(lower <= ki67[mapped] + 1e-4) and np.all(ki67[mapped] <= upper + 1e-4)
+    assert np.ptp(upper - lower) > 0  # locally adaptive: the width varies over the map
+    assert np.isfinite(sitk.GetArrayFromImage(result.ood)[mapped]).all()
+    assert result.summary["uncertainty"]["intervals"]["level"] == model.interval_level
     assert result.summary["region_voxels"] == int(inside.sum())
 
 

@@ -179,7 +179,8 @@ def family_bundles(tmp_path_factory, tiny_cohort_rows):
     for family in ("enet", "gbr"):
         result = train(tiny_cohort_rows, TrainingConfig(estimator=family, k_features=8, n_jobs=1, extra_reports=False),
                        settings=ExtractionSettings(ball_radius_mm=3.0), model_id=f"test-{family}")
-        folders[family] = (save_bundle(result.pipeline, result.card, tmp_path_factory.mktemp(family) / "bundle"),
+        folders[family] = (save_bundle(result.pipeline, result.card, spread=result.spread,
+                                            out_dir=tmp_path_factory.mktemp(family) / "bundle"),
                            result.pipeline)
     return folders
 

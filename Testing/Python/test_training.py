@@ -88,8 +88,13 @@ def test_card_and_probability_are_consistent(tiny_model_dir):
     assert model.card["cv"]["scheme"] == "leave-one-patient-out"
     assert model.card["training"]["patients"] == 6 and model.card["training"]["biopsies"] == 24
     assert set(model.used_features) <= set(model.card["radiomic_features"])
-    probability = model.probability(np.array([0.0, 20.0, 60.0]))
-    assert np.all(np.diff(probability) > 0) or np.all(np.diff(probability) < 0)
+    uncertainty = model.card["uncertainty"]
+    assert uncertainty["level"] == 0.9 and len(uncertainty["scores"]) == 24  # one honest score per biopsy
+    assert model.card["domain"]["columns"] == uncertainty["columns"]
+    assert "slope" not in model.card["probability"]  # P(high) comes from the predictive distribution
+    prediction = model.predict(np.zeros((3, len(model.input_features))))
+    assert np.all(prediction.lower <= prediction.ki67 + 1e-9) and np.all(prediction.ki67 <= prediction.upper + 1e-9)
+    assert np.all((prediction.p_high >= 0) & (prediction.p_high <= 1)) and np.isfinite(prediction.ood).all()
 
 
 @pytest.mark.parametrize("change, named", [({"bin_width": 1e-9}, "bin_width"), ({"min_ball_fraction": 0.0},

@@ -37,9 +37,12 @@ lint: $(STAMP)
 model: $(STAMP)
 	$(PY) -m KiMapLib phantom --out $(OUT)/training-cohort --patients 30 --seed 2026
 	$(PY) -m KiMapLib extract --cohort $(OUT)/training-cohort --out $(OUT)/training-features.csv
-	$(PY) -m KiMapLib train --features $(OUT)/training-features.csv --out Resources/Models/kimap-ki67-synthetic-v2 \
-	  --model-id kimap-ki67-synthetic-v2 --seed 0 --register --families ridge,enet \
+	$(PY) -m KiMapLib train --features $(OUT)/training-features.csv --out Resources/Models/kimap-ki67-synthetic-adc-v2 \
+	  --model-id kimap-ki67-synthetic-adc-v2 --seed 0 --register --families ridge,enet \
 	  --data-description "synthetic phantom cohort: kimap phantom --patients 30 --seed 2026"
+	$(PY) -m KiMapLib train --features $(OUT)/training-features.csv --out Resources/Models/kimap-ki67-synthetic-v2 \
+	  --model-id kimap-ki67-synthetic-v2 --seed 0 --register --families ridge,enet --sequences t1c,t2,flair \
+	  --data-description "synthetic phantom cohort: kimap phantom --patients 30 --seed 2026 (t1c, t2, flair)"
 
 # The engine vs pyradiomics on the issue-17 inputs (same-run ratios, exactness checked; docs/featuremaps.md):
 # TCGA tumour, brain1's enhancing tumour, the phantom's enhancing rim (z-scored, bin widths 25 and 10) and the

@@ -71,6 +71,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--families", default="ridge,enet,rf,gbr", metavar="LIST",
                        help="with --estimator auto: the model families the nested selection chooses from, "
                        "comma-separated")
+    train.add_argument("--sequences", metavar="LIST",
+                       help="only the features of these sequences, comma-separated with t1c (default: every sequence "
+                       "in the table)")
     train.add_argument("--interval-level", type=float, default=0.9,
                        help="default level of the prediction intervals, 0.5-0.99 (stored in the model card)")
     train.add_argument("--seed", type=int, default=0, help="random seed (random forest, calibration folds)")
@@ -224,7 +227,8 @@ def run_train(args: argparse.Namespace) -> int:
     config = TrainingConfig(target=args.target, group=args.group, threshold_percent=args.threshold,
                             estimator=args.estimator, k_features=args.k_features, selector=args.selector,
                             seed=args.seed, n_jobs=args.n_jobs, interval_level=args.interval_level,
-                            families=tuple(f.strip() for f in args.families.split(",") if f.strip()))
+                            families=tuple(f.strip() for f in args.families.split(",") if f.strip()),
+                            sequences=tuple(s.strip() for s in args.sequences.split(",")) if args.sequences else None)
     scheme = "nested leave-one-patient-out" if args.estimator == "auto" else "leave-one-patient-out"
     with progress_bar(f"train ({scheme})") as progress:
         result = train(rows, config, settings=settings, model_id=args.model_id,

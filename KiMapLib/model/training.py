@@ -48,6 +48,7 @@ class TrainingConfig:
     extra_reports: bool = True  # leave-one-institution-out and the sequence ablation in the report
     interval_level: float = 0.9  # default level of the prediction intervals (stored in the card)
     families: tuple[str, ...] = FAMILIES  # the families "auto" chooses from
+    sequences: tuple[str, ...] | None = None  # the sequences whose features the model may use (None: every one)
 
     def check(self) -> None:
         if self.estimator not in ESTIMATORS:
@@ -66,6 +67,10 @@ class TrainingConfig:
         if unknown or not self.families:
             raise KiMapError(f"unknown model family '{unknown[0] if unknown else ''}'", input_name="--families",
                              hint=f"use a comma-separated subset of {','.join(FAMILIES)}")
+        if self.sequences is not None and (not self.sequences or "t1c" not in self.sequences
+                                           or any(s not in SEQUENCES for s in self.sequences)):
+            raise KiMapError(f"sequences {','.join(self.sequences)}: t1c and known sequences are needed",
+                             input_name="--sequences", hint=f"a comma-separated subset of {','.join(SEQUENCES)}")
         if not 0.5 <= self.interval_level <= 0.99:
             raise KiMapError(f"interval level {self.interval_level} is outside 0.5-0.99", input_name="--interval-level",
                              hint="give e.g. 0.9 for 90 % intervals")
@@ -199,7 +204,8 @@ def train(rows: Sequence[dict], config: TrainingConfig | None = None, *, setting
     if missing_group:
         raise KiMapError(f"{len(missing_group)} rows have no '{config.group}'", input_name="features table",
                          hint="every biopsy needs its patient for leave-one-patient-out validation")
-    radiomic = radiomic_columns(rows)
+    radiomic = [column for column in radiomic_columns(rows)
+                if config.sequences is None or column.split("_", 1)[0] in config.sequences]
     if not radiomic:
         raise KiMapError("no radiomic feature columns (<sequence>_original_<class>_<feature>)",
                          input_name="features table", hint="make the table with `kimap extract`")

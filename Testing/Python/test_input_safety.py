@@ -132,9 +132,12 @@ class MeanModel:
         self.required_sequences = ("t1c", "flair")
         self.used_features = self.input_features = used
 
-    def predict_matrix(self, matrix):
+    def predict(self, matrix, level=None):
+        from KiMapLib.model.bundle import Prediction
+
         ki67 = np.mean(matrix, axis=1)
-        return ki67, self.probability(ki67)
+        nan = np.full(len(ki67), np.nan)
+        return Prediction(ki67, nan, nan, self.probability(ki67), nan, None)
 
     def probability(self, ki67):
         return 1.0 / (1.0 + np.exp(-np.asarray(ki67)))

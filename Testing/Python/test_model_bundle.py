@@ -225,13 +225,32 @@ def test_card_lists_that_do_not_fit_together_are_refused(bundle):
     assert "needs adc, which is not in required_sequences" in card_refusal(bundle, unrequired)
 
 
-@pytest.mark.parametrize("section, key", [("probability", "slope"), ("probability", "intercept"),
-                                          ("target", "threshold_percent")])
-def test_non_finite_card_numbers_are_refused(bundle, section, key):
-    """JSON Schema bounds let NaN through (every comparison with NaN is false); KiMap checks them itself."""
-    message = card_refusal(bundle, lambda card: card[section].__setitem__(key, float("nan")))
-    assert f"model card field {section}/{key} is nan (a finite number is needed)" in message
+NON_FINITE = [
+    (lambda card: card["target"].__setitem__("threshold_percent", float("nan")),
+     "model card field target/threshold_percent is nan (a finite number is needed)"),
+    (lambda card: card["uncertainty"]["scores"].__setitem__(0, float("nan")),
+     "model card: uncertainty holds a number that is not finite"),
+    (lambda card: card["domain"]["precision"][0].__setitem__(0, float("nan")),
+     "model card: domain holds a number that is not finite"),
+    (lambda card: card["domain"]["centre"].append(0.0), "domain centre/precision do not fit"),
+    (lambda card: card.pop("uncertainty"), "probability/slope is missing (a card without uncertainty needs it)"),
+    (lambda card: (card.pop("uncertainty"), card["probability"].update(slope=0.1, intercept=-2.0)),
+     "section domain without section uncertainty"),
+]
 
+
+@pytest.mark.parametrize("change, expected", NON_FINITE)
+def test_non_finite_or_misfitting_card_numbers_are_refused(bundle, change, expected):
+    """JSON Schema bounds let NaN through (every comparison with NaN is false); KiMap checks them itself, and that
+    the interval and domain sections fit together."""
+    assert expected in card_refusal(bundle, change)
+
+
+def test_a_card_without_intervals_does_not_fit_a_model_file_with_them(bundle):
+    edit_card(bundle, lambda card: (card.pop("uncertainty"), card.pop("domain"),
+                                    card["probability"].update(slope=0.1, intercept=-2.0)))
+    with pytest.raises(ModelError, match="disagree on prediction intervals"):
+        load_model(bundle)
 
 def test_unknown_descriptive_fields_are_allowed_and_ignored(bundle):
     import numpy as np

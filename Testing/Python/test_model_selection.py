@@ -149,7 +149,7 @@ def test_nested_selection_picks_the_model_that_uses_both_sequences_and_it_predic
     f_test = np.sqrt(result.final_mse["ridge f_regression k=4 alpha=1"])
     assert nested["r2"] > 0.95 and nested["rmse"] < 1.5  # ki67 noise SD is 1; t1c alone explains 36/53
     assert f_test > 3.0
-    monkeypatch.setattr(training, "default_grid", lambda: list(SMALL_GRID))  # the full grid takes minutes
+    monkeypatch.setattr(training, "default_grid", lambda *_: list(SMALL_GRID))  # the full grid takes minutes
     trained = train(rows, TrainingConfig(estimator="auto", n_jobs=2), model_id="test-both")
     assert {"t1c", "adc"} <= set(trained.card["required_sequences"]) and "flair" not in trained.card[
         "required_sequences"]

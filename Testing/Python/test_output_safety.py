@@ -485,7 +485,7 @@ def test_model_bundles_get_a_manifest(tmp_path, tiny_model_dir):
 
     model = load_model(tiny_model_dir)
     card = {k: v for k, v in model.card.items() if k != "model_file"}
-    save_bundle(model.pipeline, card, tmp_path / "bundle", extra_files={"cv_report.json": b"{}"})
+    save_bundle(model.pipeline, card, tmp_path / "bundle", extra_files={"cv_report.json": b"{}"}, spread=model.spread)
     manifest = assert_manifest_matches(tmp_path / "bundle", "model bundle")
     assert set(manifest["files"]) == {"model.skops", "model_card.json", "cv_report.json"}
     assert load_model(tmp_path / "bundle").card["model_file"] == json.loads(

@@ -85,14 +85,14 @@ def test_tcga_whole_tumour_dice_against_both_reference_segmentations(tcga_region
 
 
 @needs_tcga
-def test_a_t1c_only_model_still_uses_the_given_flair_for_the_region(tcga, tcga_reference):
-    model = load_model()  # the packaged model needs t1c only
-    assert model.required_sequences == ("t1c",)
+def test_the_region_uses_every_given_sequence_also_those_the_model_does_not(tcga, tcga_reference):
+    model = load_model()  # the packaged model needs t1c, t2 and flair; TCGA also gives t1
+    assert model.required_sequences == ("t1c", "t2", "flair")
     case = prepare_case(dict(tcga), model.settings, required=model.required_sequences)
     assert set(case.images) == set(SEQUENCES)  # nothing the user gave was dropped
     result = compute_map(case, model)
     use = result.summary["sequence_use"]
-    assert use["model"] == ["t1c"] and {"flair", "t2"} <= set(use["tumour_region"])
+    assert set(use["model"]) == {"t1c", "t2", "flair"} and {"t1", "flair", "t2"} <= set(use["tumour_region"])
     mapped = np.isfinite(sitk.GetArrayFromImage(result.ki67))
     assert dice(mapped, tcga_reference) >= 0.80
     labels = sitk.GetArrayFromImage(result.labels)

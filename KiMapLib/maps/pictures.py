@@ -4,6 +4,7 @@ region's contour, the biopsies, orientation letters and each slice's position.""
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -99,7 +100,8 @@ def _montage(t1c: sitk.Image, image: sitk.Image, path: str | Path, colormap, win
     grey_low, grey_high = np.percentile(base[base != 0], [1, 99]) if brain[0].size else (0.0, 1.0)
     columns = min(4, len(slices))
     rows = -(-len(slices) // columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(3.3 * columns, 3.5 * rows + 0.9), squeeze=False, dpi=110)
+    fig, axes = plt.subplots(rows, columns, figsize=(max(3.3 * columns, 7.0), 3.5 * rows + 1.3), squeeze=False,
+                             dpi=110)
     shown = None
     info = []
     for ax, (z, biopsies) in zip(axes.flat, slices, strict=False):
@@ -140,7 +142,7 @@ def _montage(t1c: sitk.Image, image: sitk.Image, path: str | Path, colormap, win
     if foreign.any():
         share = foreign.sum() / max(mapped.sum(), 1)
         notes.append(f"{int(foreign.sum())} voxels out of the model's domain ({share:.1%}), outlined magenta dotted")
-    bar.set_label("; ".join(notes), fontsize=8)
+    bar.set_label(textwrap.fill("; ".join(notes), 110), fontsize=8)
     fig.suptitle(title, fontsize=10)
     fig.savefig(path, facecolor="white")
     plt.close(fig)

@@ -93,7 +93,9 @@ def run(args: argparse.Namespace) -> int:
           f"(table: {out / 'biopsies.csv'})")
     print(f"Map: {int(inside.sum())} voxels in {result.summary['timings_s']['total']:.1f} s; Spearman vs the "
           f"phantom's ki67 truth {rho:.2f}")
-    for name in ("ki67_map.nrrd", "ki67_probability.nrrd", "overlay.png", "biopsies.csv",
+    uncertain = ("ki67_lower.nrrd", "ki67_upper.nrrd", "out_of_domain.nrrd", "uncertainty.png") if (
+        result.lower is not None) else ()
+    for name in ("ki67_map.nrrd", "ki67_probability.nrrd", *uncertain, "overlay.png", "biopsies.csv",
                  "biopsies_predicted_vs_measured.png", "summary.json", "demo_report.json", *scene):
         print(f"  {out / name}")
     return 0

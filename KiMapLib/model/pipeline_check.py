@@ -336,17 +336,22 @@ def check_pipeline(content: object, n_features: int, where: str, name: str = "mo
     except _Refused as refused:
         raise ModelError(f"{name} refused at {refused}", input_name=where,
                          hint="only bundles written by `kimap train` can be loaded") from None
+    _trial_prediction(pipeline, n_features, where, name)
+    return pipeline
+
+
+def _trial_prediction(model: object, n_columns: int, where: str, label: str) -> None:
+    """One prediction on a row of zeros must be one finite number (else one refusal naming ``label``)."""
     try:
         with warnings.catch_warnings(), np.errstate(all="ignore"):
             warnings.simplefilter("ignore")
-            trial = np.asarray(pipeline.predict(np.zeros((1, n_features))), dtype=float)
+            trial = np.asarray(model.predict(np.zeros((1, n_columns))), dtype=float)
     except Exception as error:  # any failure of a hostile or broken model is one refusal
-        raise ModelError(f"{name} cannot predict ({type(error).__name__})", input_name=where,
+        raise ModelError(f"{label} cannot predict ({type(error).__name__})", input_name=where,
                          hint="only bundles written by `kimap train` can be loaded") from None
     if trial.shape != (1,) or not np.isfinite(trial).all():
-        raise ModelError(f"{name} predicts a non-finite value for a row of zeros", input_name=where,
+        raise ModelError(f"{label} predicts a non-finite value for a row of zeros", input_name=where,
                          hint="only bundles written by `kimap train` can be loaded")
-    return pipeline
 
 
 #: Classes a spread model (the prediction intervals' local scale, KiMapLib.model.intervals) may have.
@@ -368,14 +373,5 @@ def check_spread(content: object, n_columns: int, where: str, name: str = "model
     except _Refused as refused:
         raise ModelError(f"{name} refused at {refused}", input_name=where,
                          hint="only bundles written by `kimap train` can be loaded") from None
-    try:
-        with warnings.catch_warnings(), np.errstate(all="ignore"):
-            warnings.simplefilter("ignore")
-            trial = np.asarray(spread.predict(np.zeros((1, n_columns))), dtype=float)
-    except Exception as error:  # any failure of a hostile or broken model is one refusal
-        raise ModelError(f"{name}: the spread model cannot predict ({type(error).__name__})", input_name=where,
-                         hint="only bundles written by `kimap train` can be loaded") from None
-    if trial.shape != (1,) or not np.isfinite(trial).all():
-        raise ModelError(f"{name}: the spread model predicts a non-finite value", input_name=where,
-                         hint="only bundles written by `kimap train` can be loaded")
+    _trial_prediction(spread, n_columns, where, f"{name}: the spread model")
     return spread

@@ -402,3 +402,18 @@ def test_a_forest_with_a_broken_tree_is_refused(tmp_path, tiny_model_dir, tiny_c
     write_schema(folder, schema, extra_members={nodes_file: buffer.getvalue()})
     with pytest.raises(ModelError, match=r"estimators_\[7\].tree_: a node's children are outside the node table"):
         load_model(folder)
+
+
+def test_a_spread_model_of_another_kind_or_size_is_refused(tiny_model_dir):
+    """The prediction intervals' spread model is checked like the pipeline: its class, attributes and size."""
+    from sklearn.linear_model import Ridge
+
+    from KiMapLib.model.pipeline_check import check_spread
+
+    model = load_model(tiny_model_dir)
+    n = len(model.card["uncertainty"]["columns"])
+    with pytest.raises(ModelError, match="spread: a Ridge, not one of RandomForestRegressor"):
+        check_spread({"spread": Ridge().fit(np.zeros((3, n)), [0.0, 1.0, 2.0])}, n, "bundle")
+    with pytest.raises(ModelError, match=rf"spread.n_features_in_: must be {n + 1}"):
+        check_spread({"spread": model.spread}, n + 1, "bundle")
+    assert check_spread({"spread": model.spread}, n, "bundle") is model.spread

@@ -12,8 +12,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     """Add ``kimap export`` to the CLI."""
     parser = subparsers.add_parser(
         "export", help="export a ki67 map for radiation planning (DICOM PM + RTSTRUCT, NRRD, NIfTI)",
-        description="Export the output of 'kimap map' as DICOM Parametric Maps and an RT Structure Set of "
-                    "iso-levels referencing the t1c DICOM series, plus NRRD and NIfTI. Research use only.")
+        description="Export the output of 'kimap map' as DICOM Parametric Maps (ki67, probability and, when the "
+                    "map has them, the prediction interval's bounds and the out-of-domain score) and an RT "
+                    "Structure Set of iso-levels referencing the t1c DICOM series, plus NRRD and NIfTI. "
+                    "Research use only.")
     parser.add_argument("--map", required=True, metavar="MAP_DIR", help="output folder of 'kimap map'")
     parser.add_argument("--reference-dicom", required=True, metavar="T1C_DIR",
                         help="folder of the t1c DICOM series the map was computed on")
@@ -33,6 +35,11 @@ def run(args: argparse.Namespace) -> int:
         result = export_planning(args.map, args.reference_dicom, args.out, levels=args.level,
                                  formats=[f for f in args.formats.split(",") if f.strip()], progress=progress)
     print(f"export written to {result['out_dir']} ({len(result['files'])} files)")
+    for kind, entry in result["dicom"].items():
+        if kind != "rtstruct":
+            print(f"  parametric map {entry['file']}: {entry['SeriesDescription']}")
+    for note in result["notes"]:
+        print(f"  note: {note}")
     for warning in result["warnings"]:
         print(f"  warning: {warning}")
     for roi in result["rois"]:

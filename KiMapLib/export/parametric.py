@@ -1,13 +1,15 @@
-"""DICOM Parametric Map export (highdicom) of the ki67 map and the probability, in the source Frame of Reference.
+"""DICOM Parametric Map export (highdicom) of the ki67 map, the probability, the prediction interval's bounds
+and the out-of-domain score, in the source Frame of Reference.
 
 Representation (documented in docs/planning_export.md):
 
 * Pixels are 32-bit floats (FloatPixelData), exactly the NRRD values; the Real World Value Mapping is the
-  identity (slope 1, intercept 0) with unit ``%`` (UCUM) for the ki67 map and ``1`` (no units, DCM 122157
-  "Probability") for the probability, restricted to the value range [0, 100] resp. [0, 1].
+  identity (slope 1, intercept 0) with unit ``%`` (UCUM) for the ki67 map and the interval bounds (value range
+  [0, 100]), ``1`` (no units, DCM 122157 "Probability") for the probability ([0, 1]) and ``1`` for the
+  out-of-domain score ([0, max(2, ceil(largest score))], > 1 = out of domain).
 * Voxels outside the mapped region (NaN in the NRRD) are stored as :data:`OUTSIDE_VALUE` (-1), which lies
   outside the mapping's value range: by DICOM's definition they have no real-world value. Readers that ignore
-  the range see -1, below every valid value, and the window (0..100 resp. 0..1) shows them black.
+  the range see -1, below every valid value, and the window (0..100, 0..1, 0..2) shows them black.
 """
 
 from __future__ import annotations
@@ -32,18 +34,56 @@ _TYPE2_FOR_HIGHDICOM = ("PatientBirthDate", "PatientSex", "AccessionNumber", "St
                         "ReferringPhysicianName", "PatientName", "PatientID")
 
 
-def _quantity(kind: str, threshold_percent: float) -> tuple[hd.pm.RealWorldValueMapping, float, float, str]:
+#: The kinds of map a Parametric Map can hold: the estimate, P(high), the interval bounds and the out-of-domain score.
+KINDS = ("ki67", "probability", "lower", "upper", "ood")
+
+#: Private codes (99KIMAP) of the quantities without a standard code.
+_PRIVATE_QUANTITIES = {
+    "ki67": ("KI67EST", "Estimated ki67 labelling index"),
+    "lower": ("KI67LOW", "Lower prediction interval bound of ki67"),
+    "upper": ("KI67UPP", "Upper prediction interval bound of ki67"),
+    "ood": ("KIMAPOOD", "KiMap out-of-domain score"),
+}
+
+
+def _level_text(interval_level: float | None) -> str:
+    return f" {interval_level * 100:g}%" if interval_level is not None else ""
+
+
+def map_title(kind: str, threshold_percent: float = 20.0, interval_level: float | None = None) -> str:
+    """What a map of ``kind`` shows, e.g. "ki67 lower 90% bound (%)" (series description without "KiMap")."""
     if kind == "ki67":
+        return "ki67 map (%)"
+    if kind == "probability":
+        return f"P(ki67>={threshold_percent:g}%)"
+    if kind in ("lower", "upper"):
+        return f"ki67 {kind}{_level_text(interval_level)} bound (%)"
+    return "out-of-domain score (>1: out)"
+
+
+def _private(kind: str) -> hd.sr.CodedConcept:
+    value, meaning = _PRIVATE_QUANTITIES[kind]
+    return hd.sr.CodedConcept(value, KIMAP_SCHEME, meaning)
+
+
+def _quantity(kind: str, threshold_percent: float, interval_level: float | None,
+              value_max: float) -> tuple[hd.pm.RealWorldValueMapping, float, float, str]:
+    """(mapping, window centre, window width, content label) of a map of ``kind``; ``value_max`` bounds the
+    out-of-domain score's value range (the other kinds have fixed ranges)."""
+    if kind in ("ki67", "lower", "upper"):
+        explanation = ("Estimated ki67 labelling index (%)" if kind == "ki67" else
+                       f"{kind.capitalize()} bound of the{_level_text(interval_level)} prediction interval of ki67 (%)")
         mapping = hd.pm.RealWorldValueMapping(
-            lut_label="KI67_PERCENT",
-            lut_explanation="Estimated ki67 labelling index (%)",
-            unit=codes.UCUM.Percent,
-            value_range=(0.0, 100.0),
-            slope=1.0,
-            intercept=0.0,
-            quantity_definition=hd.sr.CodedConcept("KI67EST", KIMAP_SCHEME, "Estimated ki67 labelling index"),
-        )
-        return mapping, 50.0, 100.0, "KI67_MAP"
+            lut_label=f"KI67_{'PERCENT' if kind == 'ki67' else kind.upper()}", lut_explanation=explanation[:64],
+            unit=codes.UCUM.Percent, value_range=(0.0, 100.0), slope=1.0, intercept=0.0,
+            quantity_definition=_private(kind))
+        return mapping, 50.0, 100.0, "KI67_MAP" if kind == "ki67" else f"KI67_{kind.upper()}"
+    if kind == "ood":
+        mapping = hd.pm.RealWorldValueMapping(
+            lut_label="OOD_SCORE", lut_explanation="Out-of-domain score (> 1: outside the training data)",
+            unit=codes.UCUM.NoUnits, value_range=(0.0, value_max), slope=1.0, intercept=0.0,
+            quantity_definition=_private(kind))
+        return mapping, 1.0, 2.0, "KI67_OOD"
     label = f"P(ki67>={threshold_percent:g}%)"
     mapping = hd.pm.RealWorldValueMapping(
         lut_label="P_KI67",
@@ -55,6 +95,12 @@ def _quantity(kind: str, threshold_percent: float) -> tuple[hd.pm.RealWorldValue
         quantity_definition=codes.DCM.Probability,
     )
     return mapping, 0.5, 1.0, "KI67_PROB"
+
+
+def _ood_value_max(array: np.ndarray) -> float:
+    """Upper end of the out-of-domain score's value range: the largest score rounded up, at least 2."""
+    finite = array[np.isfinite(array)]
+    return float(max(2.0, np.ceil(finite.max()) if finite.size else 2.0))
 
 
 def _source_metadata(source_datasets: list[Dataset]) -> list[Dataset]:
@@ -76,19 +122,22 @@ def build_parametric_map(
     *,
     kind: str,
     threshold_percent: float = 20.0,
+    interval_level: float | None = None,
     series_number: int = 900,
     software_version: str = "",
     description: str = "",
 ) -> hd.pm.ParametricMap:
     """A Parametric Map of ``values`` (float, NaN outside the region) on the source series' grid.
 
-    ``kind`` is ``"ki67"`` (percent) or ``"probability"``. ``values`` must be on the source grid (checked by
-    the caller); frames follow the grid's k axis with positions taken from the grid itself.
+    ``kind`` is one of :data:`KINDS`: ``"ki67"`` (percent), ``"probability"``, ``"lower"``/``"upper"`` (the
+    prediction interval's bounds in percent, at ``interval_level``, e.g. 0.9) or ``"ood"`` (out-of-domain score,
+    unitless, > 1 = out). ``values`` must be on the source grid (checked by the caller); frames follow the
+    grid's k axis with positions taken from the grid itself.
     """
-    if kind not in ("ki67", "probability"):
+    if kind not in KINDS:
         raise ValueError(f"unknown parametric map kind {kind!r}")
-    mapping, center, width, content_label = _quantity(kind, threshold_percent)
     array = sitk.GetArrayFromImage(values).astype(np.float32)  # [k, j, i] = frames, rows, columns
+    mapping, center, width, content_label = _quantity(kind, threshold_percent, interval_level, _ood_value_max(array))
     finite = np.isfinite(array)
     low, high = mapping.DoubleFloatRealWorldValueFirstValueMapped, mapping.DoubleFloatRealWorldValueLastValueMapped
     bad = finite & ((array < low) | (array > high))
@@ -111,10 +160,10 @@ def build_parametric_map(
                                         slice_thickness=float(spacing[2]),
                                         spacing_between_slices=float(spacing[2]))
     coding_schemes = None
-    if kind == "ki67":
+    if kind in _PRIVATE_QUANTITIES:
         coding_schemes = [hd.coding_schemes.CodingSchemeIdentificationItem(
             KIMAP_SCHEME, name="KiMap local codes", responsible_organization="KiMap project")]
-    title = "ki67 map (%)" if kind == "ki67" else f"P(ki67>={threshold_percent:g}%)"
+    title = map_title(kind, threshold_percent, interval_level)
     pm = hd.pm.ParametricMap(
         source_images=_source_metadata(source_datasets),
         pixel_array=stored,
@@ -131,7 +180,7 @@ def build_parametric_map(
         window_center=center,
         window_width=width,
         content_label=content_label,
-        content_description=(description or f"KiMap {title}, research only; -1 = outside region")[:64],
+        content_description=(description or f"KiMap {title}; research; -1 = outside region")[:64],
         pixel_measures=measures,
         plane_orientation=orientation,
         plane_positions=positions,

@@ -20,7 +20,7 @@ from KiMapLib import __version__
 from KiMapLib.atomic import atomic_directory
 from KiMapLib.errors import GeometryError, KiMapError
 from KiMapLib.inputs.geometry import grid_description, same_grid
-from KiMapLib.maps.summary import read_summary
+from KiMapLib.maps.summary import interval_level, read_summary
 from KiMapLib.outputs import check_output_folder
 from KiMapLib.progress import ProgressCallback, report
 
@@ -29,6 +29,11 @@ PROBABILITY_FILE = "ki67_probability.nrrd"
 REGION_FILE = "region.nrrd"
 #: Written by `kimap map` for models with prediction intervals (exported when present).
 UNCERTAINTY_FILES = {"lower": "ki67_lower.nrrd", "upper": "ki67_upper.nrrd", "ood": "out_of_domain.nrrd"}
+#: Parametric Maps: kind -> (file in dicom/, series number); the RTSTRUCT is series 902. The bounds and the
+#: out-of-domain score are written when the map folder has them.
+PARAMETRIC_MAPS = {"ki67": ("KiMap_ki67_map_PM.dcm", 900), "probability": ("KiMap_ki67_probability_PM.dcm", 901),
+                   "lower": ("KiMap_ki67_lower_PM.dcm", 903), "upper": ("KiMap_ki67_upper_PM.dcm", 904),
+                   "ood": ("KiMap_out_of_domain_PM.dcm", 905)}
 OOD_ROI_NAME = "KiMap out of domain"
 OOD_COLOR = (255, 0, 255)
 SUMMARY_FILE = "summary.json"
@@ -176,6 +181,27 @@ def _series_files(reference_dir: Path) -> list[tuple[str, Path]]:
     return [(f"--reference-dicom {p.name}", p) for p in sorted(reference_dir.iterdir()) if p.is_file()]
 
 
+def uncertainty_notes(map_data: dict, level: float | None) -> list[str]:
+    """What the export says about the interval bounds and the out-of-domain score it could not export or label."""
+    images = map_data["uncertainty_images"]
+    missing = [name for kind, name in UNCERTAINTY_FILES.items() if kind not in images]
+    notes = []
+    if missing:
+        notes.append(f"the map folder has no {', '.join(missing)} (a model without prediction intervals or domain, "
+                     "or a map from before KiMap 0.4): not exported")
+    if level is None and ({"lower", "upper"} & images.keys()):
+        notes.append("summary.json gives no interval level (uncertainty.intervals.level): the bound maps are "
+                     "labelled without it")
+    return notes
+
+
+def _parametric_images(map_data: dict) -> list[tuple[str, sitk.Image]]:
+    """(kind, image) of every map the export writes as a Parametric Map, in :data:`PARAMETRIC_MAPS` order."""
+    images = {"ki67": map_data["image"], "probability": map_data["probability_image"],
+              **map_data["uncertainty_images"]}
+    return [(kind, images[kind]) for kind in PARAMETRIC_MAPS if kind in images]
+
+
 def _write_volume(image: sitk.Image, path: Path, reference: dict | None) -> None:
     image = sitk.Image(image)
     for key in list(image.GetMetaDataKeys()):
@@ -198,6 +224,8 @@ def export_planning(
     """Export a ki67 map for radiation planning; returns the report written to ``export_report.json``.
 
     ``levels`` default to ``prob>=0.5`` and ``ki67>=20``. ``formats`` is any of "dicom", "nrrd", "nifti".
+    Parametric Maps are written of the ki67 map, the probability and, when the map folder has them, the
+    prediction interval's bounds and the out-of-domain score (``notes`` in the report says what was missing).
     The report lists the files written, the UIDs, and per ROI its voxel count, volume and the Dice between
     the RTSTRUCT contours rasterized back on the source grid and the iso-level mask.
     """
@@ -221,6 +249,7 @@ def export_planning(
     reference = reference_grid(geometry)
     check_reference(map_data, datasets, reference, reference_dir)
     threshold = float(map_data["summary"].get("threshold_percent") or 20.0)  # checked by read_summary
+    pi_level = interval_level(map_data["summary"], "--map")
 
     region = map_data["region"]
     rois = []
@@ -252,6 +281,8 @@ def export_planning(
         "outside_region_value_in_parametric_maps": OUTSIDE_VALUE,
         "rois": [],
         "uncertainty": map_data["summary"].get("uncertainty"),
+        "interval_level": pi_level,
+        "notes": uncertainty_notes(map_data, pi_level),
         "out_of_domain_roi": None,
         "warnings": [],
         "dicom": {},
@@ -275,16 +306,17 @@ def export_planning(
         if "dicom" in formats:
             dicom_dir = staging / "dicom"
             dicom_dir.mkdir()
-            for step, (kind, key, filename, number) in enumerate((
-                    ("ki67", "image", "KiMap_ki67_map_PM.dcm", 900),
-                    ("probability", "probability_image", "KiMap_ki67_probability_PM.dcm", 901))):
-                report(progress, 0.1 + 0.25 * step, f"writing the {kind} parametric map")
-                pm = build_parametric_map(map_data[key], datasets, kind=kind, threshold_percent=threshold,
-                                          series_number=number, software_version=__version__)
+            pm_images = _parametric_images(map_data)
+            for step, (kind, image) in enumerate(pm_images):
+                filename, number = PARAMETRIC_MAPS[kind]
+                report(progress, 0.1 + 0.5 * step / len(pm_images), f"writing the {kind} parametric map")
+                pm = build_parametric_map(image, datasets, kind=kind, threshold_percent=threshold,
+                                          interval_level=pi_level, series_number=number, software_version=__version__)
                 pm.save_as(dicom_dir / filename)
                 files.append(f"dicom/{filename}")
                 result["dicom"][kind] = {"SeriesInstanceUID": str(pm.SeriesInstanceUID),
-                                         "SOPInstanceUID": str(pm.SOPInstanceUID)}
+                                         "SOPInstanceUID": str(pm.SOPInstanceUID),
+                                         "SeriesDescription": str(pm.SeriesDescription), "file": f"dicom/{filename}"}
             report(progress, 0.6, "tracing iso-level contours")
             all_rois = [roi for _, roi in rois] + ([ood_roi] if ood_roi is not None else [])
             rtstruct = build_rtstruct(all_rois, reference, datasets, series_number=902,
@@ -292,7 +324,8 @@ def export_planning(
             rtstruct.save_as(dicom_dir / "KiMap_ki67_levels_RTSTRUCT.dcm", enforce_file_format=True)
             files.append("dicom/KiMap_ki67_levels_RTSTRUCT.dcm")
             result["dicom"]["rtstruct"] = {"SeriesInstanceUID": str(rtstruct.SeriesInstanceUID),
-                                           "SOPInstanceUID": str(rtstruct.SOPInstanceUID)}
+                                           "SOPInstanceUID": str(rtstruct.SOPInstanceUID),
+                                           "file": "dicom/KiMap_ki67_levels_RTSTRUCT.dcm"}
             contours = rtstruct_roi_contours(rtstruct)
             for entry, (_, roi) in zip(result["rois"], rois, strict=True):
                 rasterized = rasterize_contours(contours[roi.name], reference)

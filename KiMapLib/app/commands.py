@@ -77,6 +77,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--interval-level", type=float, default=0.9,
                        help="default level of the prediction intervals, 0.5-0.99 (stored in the model card)")
     train.add_argument("--seed", type=int, default=0, help="random seed (random forest, calibration folds)")
+    train.add_argument("--nested-ablation", action="store_true",
+                       help="sequence ablation with the nested selection run on each sequence subset (about "
+                            "2 x sequences times the validation's time more; default: the final candidate, fixed)")
     train.add_argument("--data-description", default="",
                        help="what the training data are, written into the model card (default: empty)")
     train.add_argument("--register", action="store_true",
@@ -227,6 +230,7 @@ def run_train(args: argparse.Namespace) -> int:
     config = TrainingConfig(target=args.target, group=args.group, threshold_percent=args.threshold,
                             estimator=args.estimator, k_features=args.k_features, selector=args.selector,
                             seed=args.seed, n_jobs=args.n_jobs, interval_level=args.interval_level,
+                            nested_ablation=args.nested_ablation,
                             families=tuple(f.strip() for f in args.families.split(",") if f.strip()),
                             sequences=tuple(s.strip() for s in args.sequences.split(",")) if args.sequences else None)
     scheme = "nested leave-one-patient-out" if args.estimator == "auto" else "leave-one-patient-out"

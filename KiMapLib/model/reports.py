@@ -1,5 +1,6 @@
 """Validation beyond leave-one-patient-out: a new institution (leave-one-institution-out with the nested selection
-inside) and the value of each MRI sequence (LOPO with each sequence left out, and with each sequence alone).
+inside) and the value of each MRI sequence (LOPO with each sequence left out, and with each sequence alone; of the
+final candidate, or with the nested selection run on each subset).
 
 Both return plain dicts for ``cv_report.json`` (documented in :func:`institution_report` and
 :func:`sequence_ablation`), or None when the cohort cannot support them (one institution, one sequence).
@@ -7,14 +8,14 @@ Both return plain dicts for ``cv_report.json`` (documented in :func:`institution
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
 from KiMapLib.model.candidates import Candidate
 from KiMapLib.model.metrics import metrics_per_group, regression_metrics
 from KiMapLib.model.selection import NestedResult, lopo_fixed, nested_lopo
-from KiMapLib.progress import ProgressCallback
+from KiMapLib.progress import ProgressCallback, scaled
 from KiMapLib.settings import SEQUENCES
 
 
@@ -61,27 +62,73 @@ def column_sequence(column: str) -> str | None:
     return head if sep and head in SEQUENCES else None
 
 
-def sequence_ablation(matrix: np.ndarray, target: np.ndarray, groups: np.ndarray, columns: Sequence[str],
-                      candidate: Candidate, *, seed: int = 0, n_jobs: int = 2) -> dict | None:
-    """LOPO of one FIXED candidate (the final model's: running the nested selection 2 x sequences times more would
-    take as long again; the comparison between columns is what matters) on all columns, without each sequence and
-    with each sequence alone (covariates always kept). Report::
-
-        {"scheme": ..., "candidate": name,
-         "all": {"mse", "rmse", "r2"}, "without": {sequence: {...}}, "only": {sequence: {...}}}
-
-    None when the columns hold fewer than two sequences."""
+def ablation_subsets(columns: Sequence[str]) -> dict | None:
+    """Column masks of the sequence ablation: ``{"all": mask, "without": {sequence: mask}, "only": {sequence: mask}}``
+    (covariates always kept); None when the columns hold fewer than two sequences."""
     owner = [column_sequence(column) for column in columns]
     sequences = [s for s in SEQUENCES if s in owner]
     if len(sequences) < 2:
         return None
+    return {"all": np.ones(len(columns), dtype=bool),
+            "without": {s: np.array([o != s for o in owner]) for s in sequences},
+            "only": {s: np.array([o in (s, None) for o in owner]) for s in sequences}}
 
-    def score(keep: list[bool]) -> dict:
-        kept = np.flatnonzero(keep)
-        return regression_metrics(target, lopo_fixed(candidate, matrix[:, kept], target, groups, seed=seed,
+
+def _ablate(subsets: dict, score: Callable[[np.ndarray, float, float], dict]) -> dict:
+    """``subsets`` with each mask replaced by ``score(mask, start, stop)``; [start, stop] is the subset's share of
+    the progress."""
+    items = [("all", "", subsets["all"]), *(("without", s, m) for s, m in subsets["without"].items()),
+             *(("only", s, m) for s, m in subsets["only"].items())]
+    out: dict = {"without": {}, "only": {}}
+    for index, (section, sequence, mask) in enumerate(items):
+        value = score(mask, index / len(items), (index + 1) / len(items))
+        if section == "all":
+            out["all"] = value
+        else:
+            out[section][sequence] = value
+    return {"all": out["all"], "without": out["without"], "only": out["only"]}
+
+
+def sequence_ablation(matrix: np.ndarray, target: np.ndarray, groups: np.ndarray, columns: Sequence[str],
+                      candidate: Candidate, *, seed: int = 0, n_jobs: int = 2) -> dict | None:
+    """LOPO of one FIXED candidate (the final model's; the nested selection per subset,
+    :func:`nested_sequence_ablation`, costs 2 x sequences nested selections more) on all columns, without each
+    sequence and with each sequence alone (covariates always kept). Report::
+
+        {"scheme": ..., "candidate": name, "nested": False,
+         "all": {"mse", "rmse", "r2"}, "without": {sequence: {...}}, "only": {sequence: {...}}}
+
+    None when the columns hold fewer than two sequences."""
+    subsets = ablation_subsets(columns)
+    if subsets is None:
+        return None
+
+    def score(keep: np.ndarray, start: float, stop: float) -> dict:
+        return regression_metrics(target, lopo_fixed(candidate, matrix[:, keep], target, groups, seed=seed,
                                                      n_jobs=n_jobs))
 
     return {"scheme": "leave-one-patient-out of the final model's candidate (fixed: no selection)",
-            "candidate": candidate.name, "all": score([True] * len(columns)),
-            "without": {s: score([o != s for o in owner]) for s in sequences},
-            "only": {s: score([o in (s, None) for o in owner]) for s in sequences}}
+            "candidate": candidate.name, "nested": False, **_ablate(subsets, score)}
+
+
+def nested_sequence_ablation(matrix: np.ndarray, target: np.ndarray, groups: np.ndarray, columns: Sequence[str],
+                             candidates: Sequence[Candidate], *, seed: int = 0, n_jobs: int = 2,
+                             all_columns: NestedResult | None = None,
+                             progress: ProgressCallback | None = None) -> dict | None:
+    """The sequence ablation with the nested LOPO selection among ``candidates`` run on every column subset: each
+    subset's score is honest for a model chosen on that subset (not the final candidate's, chosen on all columns).
+    ``all_columns``: the training's nested result on all columns, reused (the same fits). Report as
+    :func:`sequence_ablation`'s, with ``"nested": True`` and per subset the outer folds' ``fold_winners``."""
+    subsets = ablation_subsets(columns)
+    if subsets is None:
+        return None
+
+    def score(keep: np.ndarray, start: float, stop: float) -> dict:
+        nested = all_columns if keep.all() and all_columns is not None else nested_lopo(
+            matrix[:, keep], target, groups, candidates, final=False, seed=seed, n_jobs=n_jobs,
+            progress=scaled(progress, start, stop))
+        return {**regression_metrics(target, nested.outer_predicted), "fold_winners": nested.winner_counts()}
+
+    return {"scheme": "nested leave-one-patient-out on each sequence subset (the candidate chosen inside each outer "
+                      f"fold among {len(candidates)})", "candidate": f"nested selection, {len(candidates)} candidates",
+            "nested": True, **_ablate(subsets, score)}

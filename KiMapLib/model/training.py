@@ -20,7 +20,7 @@ from KiMapLib.model.bundle import RESEARCH_NOTICE
 from KiMapLib.model.candidates import FAMILIES, FIXED_PARAMS, SELECTORS, Candidate, default_grid, strip_fit_state
 from KiMapLib.model.design import DEFAULT_COVARIATES, design_matrix, radiomic_columns
 from KiMapLib.model.metrics import metrics_per_group, regression_metrics
-from KiMapLib.model.reports import institution_report, patient_institutions, sequence_ablation
+from KiMapLib.model.reports import institution_report, nested_sequence_ablation, patient_institutions, sequence_ablation
 from KiMapLib.model.selection import NestedResult, nested_lopo
 from KiMapLib.model.uncertainty_fit import FoldFit, fit_uncertainty
 from KiMapLib.progress import ProgressCallback, report, scaled
@@ -46,6 +46,7 @@ class TrainingConfig:
     seed: int = 0
     n_jobs: int = 2  # processes for the cross-validation fits
     extra_reports: bool = True  # leave-one-institution-out and the sequence ablation in the report
+    nested_ablation: bool = False  # the sequence ablation runs the nested selection per subset (2 x sequences longer)
     interval_level: float = 0.9  # default level of the prediction intervals (stored in the card)
     families: tuple[str, ...] = FAMILIES  # the families "auto" chooses from
     sequences: tuple[str, ...] | None = None  # the sequences whose features the model may use (None: every one)
@@ -257,9 +258,12 @@ def train(rows: Sequence[dict], config: TrainingConfig | None = None, *, setting
         loio, by_institution = institution_report(matrix, target, groups, labels, candidates, seed=config.seed,
                                                   n_jobs=config.n_jobs, progress=scaled(progress, 0.75, 0.9))
         report(progress, 0.9, "sequence ablation")
-        ablation = sequence_ablation(matrix, target, groups, columns, chosen, seed=config.seed, n_jobs=config.n_jobs)
+        ablation = run_sequence_ablation(config, matrix, target, groups, columns, nested,
+                                         progress=scaled(progress, 0.9, 0.99))
         if loio:
             cv["leave_one_institution_out"] = {key: loio[key] for key in ("folds", "mse", "rmse", "r2")}
+        if ablation:
+            cv["sequence_ablation"] = {"scheme": ablation["scheme"], "nested": ablation["nested"]}
     card = {
         "schema_version": 1,
         "model_id": model_id,
@@ -306,6 +310,17 @@ def train(rows: Sequence[dict], config: TrainingConfig | None = None, *, setting
     return TrainingResult(pipeline=pipeline, card=card, report=report_data, measured=target, predicted=predicted,
                           probability=probability, groups=groups, institutions=institutions, nested=nested,
                           nested_institutions=by_institution, matrix=matrix, spread=uncertainty.spread_model)
+
+
+def run_sequence_ablation(config: TrainingConfig, matrix: np.ndarray, target: np.ndarray, groups: np.ndarray,
+                          columns: Sequence[str], nested: NestedResult,
+                          progress: ProgressCallback | None = None) -> dict | None:
+    """The sequence ablation: of the final candidate (default), or with the nested selection run on each sequence
+    subset (``config.nested_ablation`` and more than one candidate; reuses ``nested`` for all columns)."""
+    if config.nested_ablation and len(nested.candidates) > 1:
+        return nested_sequence_ablation(matrix, target, groups, columns, nested.candidates, seed=config.seed,
+                                        n_jobs=config.n_jobs, all_columns=nested, progress=progress)
+    return sequence_ablation(matrix, target, groups, columns, nested.final, seed=config.seed, n_jobs=config.n_jobs)
 
 
 def outer_folds(nested: NestedResult, matrix: np.ndarray, target: np.ndarray, seed: int) -> list[FoldFit]:

@@ -269,6 +269,8 @@ def run_train(args: argparse.Namespace) -> int:
         loio = cv["leave_one_institution_out"]
         print(f"leave-one-institution-out over {loio['folds']} institutions: RMSE {loio['rmse']:.2f} %, "
               f"R² {loio['r2']:.3f}")
+    if "sequence_ablation" in cv:
+        print(f"sequence ablation: {cv['sequence_ablation']['scheme']}")
     print(f"model: {result.card['estimator']['candidate']}; sequences used: "
           f"{', '.join(result.card['required_sequences'])}")
     print(f"model bundle -> {args.out} (cv_report.json, predicted_vs_measured.png, calibration.png, "

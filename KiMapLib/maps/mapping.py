@@ -283,6 +283,9 @@ def _sequence_use(case: Case, model: KiMapModel, tumour: TumourRegion) -> dict[s
 
 
 def _series_reference(image: sitk.Image) -> dict | None:
+    """The t1c's DICOM source-series link, if it was read from DICOM (without importing pydicom otherwise)."""
+    if not image.HasMetaDataKey("0020|000e"):  # the key series_reference needs (a NIfTI/NRRD volume has none)
+        return None
     try:
         from KiMapLib.inputs.dicom import series_reference
     except ImportError:

@@ -222,19 +222,21 @@ class KiMapModel:
         A model without uncertainty parts (trained before KiMap 0.4) gives NaN intervals and scores and its
         Platt probability."""
         pipeline, spread_model = self._fitted()
-        mu = np.asarray(pipeline.predict(matrix), dtype=float)
-        ki67 = np.clip(mu, 0.0, 100.0)
-        nan = np.full(len(mu), np.nan)
         uncertainty, domain = self.card.get("uncertainty"), self.card.get("domain")
         if not uncertainty or spread_model is None:
+            ki67 = np.clip(np.asarray(pipeline.predict(matrix), dtype=float), 0.0, 100.0)
+            nan = np.full(len(ki67), np.nan)
             return Prediction(ki67, nan, nan.copy(), self._platt(ki67), nan.copy(), level)
         from KiMapLib.model import intervals
         from KiMapLib.model.domain import domain_score
-        from KiMapLib.model.transformed import transformed
+        from KiMapLib.model.transformed import predicted_and_transformed
 
         level = float(uncertainty["level"]) if level is None else float(level)
         check_level(level)
-        z, _ = transformed(pipeline, matrix)
+        mu, z = predicted_and_transformed(pipeline, matrix)  # one pass through the transformers for both
+        mu = np.asarray(mu, dtype=float)
+        ki67 = np.clip(mu, 0.0, 100.0)
+        nan = np.full(len(mu), np.nan)
         if z.shape[1] != len(uncertainty["columns"]):
             raise ModelError("the model's used columns differ from its card's uncertainty/columns",
                              input_name=str(self.path), hint="the card and the model were not saved together; retrain")

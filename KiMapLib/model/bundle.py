@@ -247,6 +247,21 @@ class KiMapModel:
         ood = domain_score(domain, z) / float(domain["threshold"]) if domain else nan
         return Prediction(ki67, np.clip(lower, 0.0, 100.0), np.clip(upper, 0.0, 100.0), p_high, ood, level, spread)
 
+    def design_rows(self, row: dict, count: int) -> np.ndarray:
+        """``count`` copies of ``row``'s design-matrix row with its missing values already imputed by the pipeline's
+        own imputer (its first step, :mod:`~KiMapLib.model.pipeline_check`).
+
+        A map's rows differ only in the used features, which the caller fills in afterwards; without this the imputer
+        would scatter its medians into the same ~200 empty columns of every row (0.3 s of CPU on a 24,000-voxel map,
+        3 s on 114,000). Predictions are the same: the imputer changes only missing values, so a value it filled
+        before passes through it unchanged, and the used columns it fills here are overwritten."""
+        base = design_matrix([row], self.input_features)
+        pipeline, _ = self._fitted()
+        imputed = np.asarray(pipeline[0].transform(base), dtype=float)
+        if imputed.shape == base.shape:  # a plain imputer (no missing-value indicator columns)
+            base = imputed
+        return np.repeat(base, count, axis=0)
+
     def predict_matrix(self, matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """ki67 (%) clipped to [0, 100] and P(ki67 >= threshold) for a design matrix."""
         prediction = self.predict(matrix)

@@ -18,7 +18,6 @@ from KiMapLib.features.neighbourhood import ball_offsets, min_kernel_voxels, vox
 from KiMapLib.inputs.case import Case
 from KiMapLib.inputs.geometry import copy_geometry
 from KiMapLib.model.bundle import KiMapModel, check_level
-from KiMapLib.model.design import design_matrix
 from KiMapLib.model.prediction import check_case_for_model
 from KiMapLib.progress import ProgressCallback, report, scaled
 from KiMapLib.region.tumour_region import TumourRegion, given_region, propose_region, require_plausible
@@ -188,7 +187,7 @@ def compute_map(case: Case, model: KiMapModel, region: sitk.Image | TumourRegion
     features_seconds = time.perf_counter() - features_started
 
     row = {"sex": None, "age": None, "tumor_type": None, **(covariates or {})}
-    matrix = np.repeat(design_matrix([row], model.input_features), len(sample_rows), axis=0)
+    matrix = model.design_rows(row, len(sample_rows))  # the constant columns imputed once
     for column, name in enumerate(used):
         matrix[:, model.input_features.index(name)] = values[:, column]
     valid = np.isfinite(values).any(axis=1) if used else np.ones(len(sample_rows), bool)
@@ -283,6 +282,9 @@ def _sequence_use(case: Case, model: KiMapModel, tumour: TumourRegion) -> dict[s
 
 
 def _series_reference(image: sitk.Image) -> dict | None:
+    """The t1c's DICOM source-series link, if it was read from DICOM (without importing pydicom otherwise)."""
+    if not image.HasMetaDataKey("0020|000e"):  # the key series_reference needs (a NIfTI/NRRD volume has none)
+        return None
     try:
         from KiMapLib.inputs.dicom import series_reference
     except ImportError:

@@ -94,10 +94,7 @@ def _montage(t1c: sitk.Image, image: sitk.Image, path: str | Path, colormap, win
     slices = _slices(mapped, points)
     low_window, high_window = window
     clipped = mapped & ((values < low_window) | (values > high_window))
-    brain = np.nonzero(base != 0)
-    crop = tuple(slice(max(0, int(w.min()) - 4), int(w.max()) + 5) for w in brain[1:]) if brain[0].size else (
-        slice(None), slice(None))
-    grey_low, grey_high = np.percentile(base[base != 0], [1, 99]) if brain[0].size else (0.0, 1.0)
+    crop, (grey_low, grey_high) = _brain_window(base)
     columns = min(4, len(slices))
     rows = -(-len(slices) // columns)
     fig, axes = plt.subplots(rows, columns, figsize=(max(3.3 * columns, 7.0), 3.5 * rows + 1.3), squeeze=False,
@@ -147,6 +144,20 @@ def _montage(t1c: sitk.Image, image: sitk.Image, path: str | Path, colormap, win
     fig.savefig(path, facecolor="white")
     plt.close(fig)
     return info
+
+
+def _brain_window(base: np.ndarray) -> tuple[tuple[slice, slice], tuple[float, float]]:
+    """The in-plane crop around the non-zero (brain) voxels of every slice, 4 voxels of margin, and the grey window
+    (their 1st and 99th percentiles); the whole plane and (0, 1) for an all-zero volume. The extent comes from the
+    projections of the non-zero mask (the same bounds as its voxel indices, without listing them)."""
+    brain = base != 0
+    rows = np.flatnonzero(brain.any(axis=(0, 2)))
+    if rows.size == 0:
+        return (slice(None), slice(None)), (0.0, 1.0)
+    columns = np.flatnonzero(brain.any(axis=(0, 1)))
+    crop = tuple(slice(max(0, int(w[0]) - 4), int(w[-1]) + 5) for w in (rows, columns))
+    grey_low, grey_high = np.percentile(base[brain], [1, 99])
+    return crop, (grey_low, grey_high)
 
 
 def _superior_mm(image: sitk.Image, z: int, order: tuple[int, int, int], flips: tuple[int, ...],

@@ -222,19 +222,21 @@ class KiMapModel:
         A model without uncertainty parts (trained before KiMap 0.4) gives NaN intervals and scores and its
         Platt probability."""
         pipeline, spread_model = self._fitted()
-        mu = np.asarray(pipeline.predict(matrix), dtype=float)
-        ki67 = np.clip(mu, 0.0, 100.0)
-        nan = np.full(len(mu), np.nan)
         uncertainty, domain = self.card.get("uncertainty"), self.card.get("domain")
         if not uncertainty or spread_model is None:
+            ki67 = np.clip(np.asarray(pipeline.predict(matrix), dtype=float), 0.0, 100.0)
+            nan = np.full(len(ki67), np.nan)
             return Prediction(ki67, nan, nan.copy(), self._platt(ki67), nan.copy(), level)
         from KiMapLib.model import intervals
         from KiMapLib.model.domain import domain_score
-        from KiMapLib.model.transformed import transformed
+        from KiMapLib.model.transformed import predicted_and_transformed
 
         level = float(uncertainty["level"]) if level is None else float(level)
         check_level(level)
-        z, _ = transformed(pipeline, matrix)
+        mu, z = predicted_and_transformed(pipeline, matrix)  # one pass through the transformers for both
+        mu = np.asarray(mu, dtype=float)
+        ki67 = np.clip(mu, 0.0, 100.0)
+        nan = np.full(len(mu), np.nan)
         if z.shape[1] != len(uncertainty["columns"]):
             raise ModelError("the model's used columns differ from its card's uncertainty/columns",
                              input_name=str(self.path), hint="the card and the model were not saved together; retrain")
@@ -244,6 +246,21 @@ class KiMapModel:
         p_high = intervals.exceedance_probability(mu, spread, scores, self.threshold_percent)
         ood = domain_score(domain, z) / float(domain["threshold"]) if domain else nan
         return Prediction(ki67, np.clip(lower, 0.0, 100.0), np.clip(upper, 0.0, 100.0), p_high, ood, level, spread)
+
+    def design_rows(self, row: dict, count: int) -> np.ndarray:
+        """``count`` copies of ``row``'s design-matrix row with its missing values already imputed by the pipeline's
+        own imputer (its first step, :mod:`~KiMapLib.model.pipeline_check`).
+
+        A map's rows differ only in the used features, which the caller fills in afterwards; without this the imputer
+        would scatter its medians into the same ~200 empty columns of every row (0.3 s of CPU on a 24,000-voxel map,
+        3 s on 114,000). Predictions are the same: the imputer changes only missing values, so a value it filled
+        before passes through it unchanged, and the used columns it fills here are overwritten."""
+        base = design_matrix([row], self.input_features)
+        pipeline, _ = self._fitted()
+        imputed = np.asarray(pipeline[0].transform(base), dtype=float)
+        if imputed.shape == base.shape:  # a plain imputer (no missing-value indicator columns)
+            base = imputed
+        return np.repeat(base, count, axis=0)
 
     def predict_matrix(self, matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """ki67 (%) clipped to [0, 100] and P(ki67 >= threshold) for a design matrix."""

@@ -61,10 +61,22 @@ def transformed(pipeline, matrix: np.ndarray, input_names: Sequence[str] | None 
     ``matrix`` is the design matrix the pipeline was fitted on (rows x input columns, NaN allowed: it is imputed);
     ``input_names`` are its column names (default: the names the pipeline saw at fit, or x0, x1, ...).
     """
+    values = _transformed_all(pipeline, matrix)
+    return values[:, used_columns(pipeline)], transformed_names(pipeline, input_names)
+
+
+def predicted_and_transformed(pipeline, matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(pipeline.predict(matrix), Z)`` with ``Z`` as :func:`transformed` gives it, from one pass through the
+    pipeline's transformers (``Pipeline.predict`` is ``pipeline[-1].predict(pipeline[:-1].transform(matrix))``: the
+    same operations on the same values, so the same numbers; a whole-tumour map has ~10^4-10^5 rows)."""
+    values = _transformed_all(pipeline, matrix)
+    return pipeline[-1].predict(values), values[:, used_columns(pipeline)]
+
+
+def _transformed_all(pipeline, matrix: np.ndarray) -> np.ndarray:
+    """``pipeline[:-1].transform(matrix)`` as float, after checking the matrix's width."""
     matrix = np.asarray(matrix, dtype=float)
     if matrix.ndim != 2 or matrix.shape[1] != pipeline[0].n_features_in_:
         raise ModelError(f"expected a matrix with {pipeline[0].n_features_in_} columns, got shape {matrix.shape}",
                          input_name="features", hint="pass the design matrix built from the model's input_features")
-    used = used_columns(pipeline)
-    values = np.asarray(pipeline[:-1].transform(matrix), dtype=float)
-    return values[:, used], transformed_names(pipeline, input_names)
+    return np.asarray(pipeline[:-1].transform(matrix), dtype=float)

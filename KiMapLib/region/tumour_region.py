@@ -49,7 +49,10 @@ class TumourRegion:
     @property
     def mapped(self) -> np.ndarray:
         """The voxels the map covers: every label except the excluded ones."""
-        return (self.labels > 0) & ~np.isin(self.labels, self.excluded_labels)
+        mapped = self.labels > 0
+        for label in self.excluded_labels:  # a label at a time: no np.isin over the whole grid
+            mapped &= self.labels != label
+        return mapped
 
     def label_image(self, reference: sitk.Image) -> sitk.Image:
         return copy_geometry(self.labels.astype(np.uint8), reference)

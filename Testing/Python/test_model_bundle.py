@@ -66,6 +66,33 @@ def test_background_load_verifies_first_and_predicts_the_same(bundle):
         load_model(bundle, background=True)
 
 
+def test_design_rows_and_one_pipeline_pass_predict_exactly_as_before(bundle):
+    """A map's rows (constant columns imputed once, KiMapModel.design_rows) and the one pass through the pipeline's
+    transformers for ki67 and Z give the very numbers of the plain design matrix and two passes."""
+    import numpy as np
+
+    from KiMapLib.model.design import design_matrix
+    from KiMapLib.model.transformed import predicted_and_transformed, transformed
+
+    model = load_model(bundle)
+    row = {"sex": None, "age": 61.0, "tumor_type": None}
+    values = np.random.default_rng(3).normal(size=(40, len(model.used_features)))
+    values[::7, 0] = np.nan  # a missing feature is still imputed by the pipeline
+    columns = [model.input_features.index(name) for name in model.used_features]
+    plain = np.repeat(design_matrix([row], model.input_features), len(values), axis=0)
+    rows = model.design_rows(row, len(values))
+    plain[:, columns] = values
+    rows[:, columns] = values
+    assert not np.isnan(np.delete(rows, columns, axis=1)).any()
+    before, after = model.predict(plain), model.predict(rows)
+    for name in ("ki67", "lower", "upper", "p_high", "ood"):
+        np.testing.assert_array_equal(getattr(after, name), getattr(before, name))
+    pipeline, _ = model._fitted()
+    mu, z = predicted_and_transformed(pipeline, plain)
+    np.testing.assert_array_equal(mu, pipeline.predict(plain))
+    np.testing.assert_array_equal(z, transformed(pipeline, plain)[0])
+
+
 def test_fast_skops_import_gives_skops_its_own_trusted_lists():
     """KiMap imports skops.io with a faster module search (skops_import); skops' default trusted-type lists come out
     exactly as with a plain import (both imported in fresh processes after numpy, scipy, sklearn and SimpleITK)."""

@@ -101,7 +101,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     mapper.add_argument("--segmentation-model", type=Path, metavar="DIR",
                         help="your own tumour segmentation model (ONNX bundle: model.onnx + segmentation_card.json) "
                         "instead of the automatic method; its necrotic core is not mapped (default: none)")
-    mapper.add_argument("--model", type=Path, help="model bundle folder (default: the packaged model)")
+    mapper.add_argument("--model", type=Path,
+                        help="model bundle folder (default: the packaged model that uses the most of the given "
+                        "sequences: with adc the adc model, else the t1c/t2/flair one)")
     mapper.add_argument("--biopsies", type=Path, help="biopsy points to mark on the overlay (default: none)")
     mapper.add_argument("--age", type=_age, help="patient age in years (0-120), a model covariate (default: imputed)")
     mapper.add_argument("--sex", choices=("F", "M"), help="patient sex, a model covariate (default: imputed)")
@@ -325,7 +327,8 @@ def run_map(args: argparse.Namespace) -> int:
     if args.exclude_label and not args.region:
         raise KiMapError("--exclude-label applies to a --region you give", input_name="--exclude-label",
                          hint="the automatic region never maps its necrotic core; drop --exclude-label or add --region")
-    check_output_folder(args.out, "map", [("--model", args.model or packaged_model_dir()), ("--region", args.region),
+    model_dir = args.model or packaged_model_dir(sequences=volume_paths)  # the case's sequences pick the packaged one
+    check_output_folder(args.out, "map", [("--model", model_dir), ("--region", args.region),
                                           ("--biopsies", args.biopsies),
                                           *((f"--volume {name}", path) for name, path in volume_paths.items())])
     # the compiled feature kernels, skops (reading the model) and matplotlib (the overlay) take about a second each
@@ -336,7 +339,7 @@ def run_map(args: argparse.Namespace) -> int:
     if args.region and args.segmentation_model:
         raise KiMapError("give either --region or --segmentation-model, not both", input_name="--segmentation-model")
     segmentation_model = load_segmentation_model(args.segmentation_model) if args.segmentation_model else None
-    model = load_model(args.model, background=True, start_after=kernels_loaded)
+    model = load_model(args.model, background=True, start_after=kernels_loaded, sequences=volume_paths)
     biopsies = read_biopsies(args.biopsies) if args.biopsies else []  # every input is checked before the map
     volumes = read_volumes(volume_paths)
     case = prepare_case(volumes, model.settings, required=model.required_sequences)

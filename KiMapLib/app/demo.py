@@ -12,6 +12,8 @@ import SimpleITK as sitk
 
 from KiMapLib.phantom import DEMO_SEED  # the demo case's seed; the packaged model was trained on another
 
+SEQUENCES = ("t1c", "t2", "flair", "adc")  # what the synthetic case has
+
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("demo", help="run the whole chain on a synthetic case (SYNTHETIC data)")
@@ -19,7 +21,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="output folder (new, empty or an earlier KiMap demo)")
     parser.add_argument("--seed", type=int, default=DEMO_SEED,
                         help="seed of the synthetic demo patient (the packaged model never saw it)")
-    parser.add_argument("--model", type=Path, help="model bundle (default: the packaged model)")
+    parser.add_argument("--model", type=Path,
+                        help="model bundle (default: the packaged model that uses the most of the "
+                        "phantom's sequences: t1c, t2, flair, adc)")
     parser.set_defaults(func=run)
 
 
@@ -44,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
 
     check_output_folder(args.out, "demo", [("--model", args.model)])
     started = time.perf_counter()
-    model = load_model(args.model)
+    model = load_model(args.model, sequences=SEQUENCES)
     out = Path(args.out)
     with atomic_directory(out, "demo") as staging:
         with progress_bar("synthetic case") as progress:

@@ -21,7 +21,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--biopsies", type=Path, required=True, help="biopsy points: CSV (RAS mm) or .mrk.json")
     parser.add_argument("--patient-id", help="patient id for a .mrk.json or a CSV without patient_id "
                         "(default: 'patient')")
-    parser.add_argument("--model", type=Path, help="model bundle folder (default: the packaged model)")
+    parser.add_argument("--model", type=Path,
+                        help="model bundle folder (default: the packaged model that uses the most "
+                        "of the given sequences)")
     parser.add_argument("--interval-level", type=float, metavar="LEVEL",
                         help="level of the prediction intervals, 0.5-0.99 (default: the model card's, 0.9)")
     parser.add_argument("--out", type=Path, required=True,
@@ -42,11 +44,12 @@ def run(args: argparse.Namespace) -> int:
     from KiMapLib.progress import progress_bar
 
     volume_paths = parse_volume_args(args.volume)
-    check_output_files([args.out], [("--model", args.model or packaged_model_dir()), ("--biopsies", args.biopsies),
+    model_dir = args.model or packaged_model_dir(sequences=volume_paths)
+    check_output_files([args.out], [("--model", model_dir), ("--biopsies", args.biopsies),
                                     *((f"--volume {name}", path) for name, path in volume_paths.items())])
     if args.interval_level is not None:
         check_level(args.interval_level)
-    model = load_model(args.model)
+    model = load_model(args.model, sequences=volume_paths)
     biopsies = read_biopsies(args.biopsies, args.patient_id)
     case = prepare_case(read_volumes(volume_paths), model.settings, required=model.required_sequences)
     for note in case.notes:

@@ -13,6 +13,7 @@ import hashlib
 import json
 import math
 import threading
+from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -368,18 +369,32 @@ def register_packaged(folder: str | Path, default: bool = True) -> dict:
     return entry
 
 
-def packaged_model_dir(model_id: str | None = None) -> Path:
-    """Folder of a packaged model (the registry's default when ``model_id`` is None)."""
+def packaged_entry(model_id: str | None = None, sequences: Iterable[str] | None = None) -> dict:
+    """The registry entry of a packaged model: ``model_id``'s, else — when the case's ``sequences`` are known — the
+    packaged model that uses the most of them (all of its required sequences given; the default wins ties), else
+    the registry's default. So ``kimap map`` with ADC uses the ADC model, and without it the t1c/T2/FLAIR one."""
     entries = registry()
-    for entry in entries:
-        if (model_id is None and entry.get("default")) or entry["id"] == model_id:
-            return models_dir() / entry["path"]
-    raise ModelError(f"no packaged model {model_id or '(default)'} in Resources/Models.json", input_name="model",
-                     hint="give --model MODEL_DIR or reinstall KiMap")
+    if model_id is not None:
+        found = [e for e in entries if e["id"] == model_id]
+    else:
+        found = [e for e in entries if e.get("default")]
+        given = set(sequences or ())
+        usable = [e for e in entries if given and set(e.get("required_sequences", ())) <= given]
+        if usable:
+            found = [max(usable, key=lambda e: (len(e["required_sequences"]), bool(e.get("default"))))]
+    if not found:
+        raise ModelError(f"no packaged model {model_id or '(default)'} in Resources/Models.json", input_name="model",
+                         hint="give --model MODEL_DIR or reinstall KiMap")
+    return found[0]
+
+
+def packaged_model_dir(model_id: str | None = None, sequences: Iterable[str] | None = None) -> Path:
+    """Folder of a packaged model (see :func:`packaged_entry`: by id, by the case's sequences, or the default)."""
+    return models_dir() / packaged_entry(model_id, sequences)["path"]
 
 
 def load_model(path: str | Path | None = None, background: bool = False,
-               start_after: threading.Event | None = None) -> KiMapModel:
+               start_after: threading.Event | None = None, sequences: Iterable[str] | None = None) -> KiMapModel:
     """Load and verify a bundle folder (or the packaged default). Raises one-line ModelError naming the problem.
 
     Order: the card (schema: types and bounds) -> the model file's sha256 from the card -> every node of the file
@@ -389,11 +404,10 @@ def load_model(path: str | Path | None = None, background: bool = False,
 
     ``background``: everything up to the audit is done now, and skops builds the verified bytes in a background
     thread (importing skops takes a second or more); the first prediction waits for it (and its structure check).
-    That thread starts once ``start_after`` is set, if given (work that is needed sooner goes first)."""
-    entry = None
-    if path is None:
-        entry = next((e for e in registry() if e.get("default")), None)
-    folder = Path(path) if path is not None else packaged_model_dir()
+    That thread starts once ``start_after`` is set, if given (work that is needed sooner goes first).
+    ``sequences``: without ``path``, the case's sequences choose the packaged model (:func:`packaged_entry`)."""
+    entry = packaged_entry(sequences=sequences) if path is None else None
+    folder = Path(path) if path is not None else models_dir() / entry["path"]
     where = str(folder)
     card = read_card(folder, where)
     model_path = folder / card["model_file"]["path"]

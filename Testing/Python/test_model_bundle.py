@@ -355,3 +355,32 @@ def test_every_card_field_the_code_reads_is_in_the_schema():
         for key in keys:
             assert key in node.get("properties", {}), f"card field {'/'.join(keys)} is not in the schema"
             node = node["properties"][key]
+
+
+def test_the_case_sequences_choose_the_packaged_model(monkeypatch):
+    """Without --model: the packaged model that uses the most of the given sequences; ties and cases no packaged
+    model fits go to the default (whose sequence check then names what is missing)."""
+    from KiMapLib.model import bundle as bundle_module
+
+    entries = [{"id": "adc", "path": "adc", "default": False, "required_sequences": ["t1c", "t2", "flair", "adc"]},
+               {"id": "three", "path": "three", "default": True, "required_sequences": ["t1c", "t2", "flair"]},
+               {"id": "t1c-only", "path": "t1c-only", "default": False, "required_sequences": ["t1c"]}]
+    monkeypatch.setattr(bundle_module, "registry", lambda: entries)
+    choose = bundle_module.packaged_entry
+    assert choose()["id"] == "three"
+    assert choose(sequences=["t1c", "t2", "flair", "adc", "t1"])["id"] == "adc"
+    assert choose(sequences=["t1c", "t2", "flair", "t1"])["id"] == "three"
+    assert choose(sequences=["t1c", "flair"])["id"] == "t1c-only"
+    assert choose(sequences=["t2"])["id"] == "three"
+    assert choose("t1c-only", sequences=["t1c", "t2", "flair", "adc"])["id"] == "t1c-only"
+    with pytest.raises(ModelError, match="no packaged model nope"):
+        choose("nope")
+
+
+def test_packaged_models_are_chosen_by_sequences_and_load():
+    from KiMapLib.model.bundle import packaged_entry
+
+    assert list(load_model(None).required_sequences) == ["t1c", "t2", "flair"]
+    with_adc = load_model(None, sequences=["t1c", "t2", "flair", "adc"])
+    assert "adc" in with_adc.required_sequences
+    assert with_adc.model_id == packaged_entry(sequences=["t1c", "t2", "flair", "adc"])["id"]

@@ -281,6 +281,29 @@ def _mcc_fallback(ei, ej, ev, nnz, m, px, py, symmetric, ridx, mat, start, fill,
 
 
 @nb.njit(cache=True, nogil=True, error_model="numpy")
+def _components(ei, ej, nnz, m, px, parent):
+    """Number of connected components of the levels with px > 0, linked by the non-zero entries (union-find with
+    path halving; ``parent``: m scratch integers)."""
+    count = 0
+    for i in range(m):
+        parent[i] = i
+        count += px[i] > 0
+    for t in range(nnz):
+        a = ei[t]
+        while parent[a] != a:
+            parent[a] = parent[parent[a]]
+            a = parent[a]
+        b = ej[t]
+        while parent[b] != b:
+            parent[b] = parent[parent[b]]
+            b = parent[b]
+        if a != b:
+            parent[a] = b
+            count -= 1
+    return count
+
+
+@nb.njit(cache=True, nogil=True, error_model="numpy")
 def _mcc(ei, ej, ev, nnz, m, px, py, mdim, symmetric, ridx, mat, start, fill, order, w, work, scratch):
     """sqrt of the 2nd largest eigenvalue of pyradiomics' Q = P Dy^-1 P^T Dx^-1 (in [0, 1]).
 
@@ -288,9 +311,13 @@ def _mcc(ei, ej, ev, nnz, m, px, py, mdim, symmetric, ridx, mat, start, fill, or
     |eigenvalue| of A (absent levels add zero eigenvalues). Otherwise Q is similar to the symmetric
     M = Dx^-1/2 P Dy^-1 P^T Dx^-1/2, whose 2nd largest eigenvalue is taken. Both have the top eigenpair
     (1, sqrt(px)); after deflating it only the extreme eigenvalues of the rest are needed: in closed form for
-    r <= 3 levels (symmetric), else by Laguerre on the tridiagonal form (QL, then LAPACK, as fallbacks)."""
+    r <= 3 levels (symmetric), else by Laguerre on the tridiagonal form (QL, then LAPACK, as fallbacks). A symmetric
+    P whose levels fall into several groups that never co-occur has the eigenvalue 1 once per group: MCC = 1, no
+    eigenproblem (3/4 of brain1's angle matrices at r = 1, 1/8 at r = 3)."""
     if mdim < 2:
         return 1.0
+    if symmetric and _components(ei, ej, nnz, m, px, start) > 1:
+        return 1.0  # every component has the eigenvalue 1 (eigenvector sqrt(px) on it): 1 is at least double
     r = _mcc_matrix(ei, ej, ev, nnz, m, px, py, symmetric, ridx, mat, start, fill, order, w, scratch)
     if symmetric and r <= 3:
         return _small_radius(mat, r)

@@ -65,5 +65,20 @@ bench: $(STAMP)
 	  --json $(OUT)/bench/aurora.json
 	$(PY) Testing/Python/bench_tcga_map.py --slicer
 
+# Peers side by side on brain1 (all tumour voxels, r = 1 and 3): pyradiomics, KiMap, flash-radiomics, ITK
+# TextureFeatures. The peers go into their own venv (pinned; not requirements.txt); one that fails to install is
+# reported and skipped. flash-radiomics' wheel declares only numpy: its other imports are listed here.
+PEERS_VENV := .venv-peers
+FLASH      := flash-radiomics==1.0.0 h5py==3.12.1 SimpleITK==2.4.0 pykwalify==1.8.0 PyWavelets==1.8.0 scipy==1.14.1 \
+              scikit-image==0.24.0 scikit-learn==1.5.2 trimesh==4.5.3
+ITKTEX     := itk-texturefeatures==4.0.1 SimpleITK==2.4.0
+
+bench-peers: $(STAMP)
+	mkdir -p $(OUT)/bench
+	test -x $(PEERS_VENV)/bin/python || $(PYTHON) -m venv $(PEERS_VENV)
+	$(PEERS_VENV)/bin/pip install --quiet $(FLASH) || echo "bench-peers: flash-radiomics could not be installed; it is skipped"
+	$(PEERS_VENV)/bin/pip install --quiet $(ITKTEX) || echo "bench-peers: itk-texturefeatures could not be installed; it is skipped"
+	$(PY) Testing/Python/bench_peers.py --peers-python $(PEERS_VENV)/bin/python --json $(OUT)/bench/peers.json
+
 clean:
 	rm -rf $(OUT) .pytest_cache .ruff_cache

@@ -50,3 +50,22 @@ def test_mcc_equals_pyradiomics_formula(symmetric):
         assert abs(got - want) <= 3e-8 + 1e-7 * want, (m, shape, got, want)
         checked += 1
     assert checked > 1400
+
+
+@pytest.mark.parametrize("levels", [1, 2, 3, 4])
+def test_mcc_few_present_levels_among_absent_ones(levels):
+    """1-3 present levels take the closed form (eigenvalues 0 and the roots of x^2 - trace x + e2 of the deflated
+    matrix), 4 the tridiagonal path; absent levels are zero rows and columns of a larger matrix, as in a kernel."""
+    rng = np.random.default_rng(levels)
+    for _ in range(400):
+        ng = int(rng.integers(max(levels, 2), levels + 6))  # Ng = 1: pyradiomics has no 2nd eigenvalue
+        present = np.sort(rng.choice(ng, levels, replace=False))
+        C = np.zeros((ng, ng))
+        block = rng.integers(0, 6, (levels, levels)) * (rng.random((levels, levels)) < 0.7)
+        block = block + block.T + np.diag(rng.integers(0, 3, levels))
+        C[np.ix_(present, present)] = block
+        if C.sum() == 0 or np.any(C[present].sum(1) == 0):
+            continue
+        P = C / C.sum()
+        got, want = _engine_mcc(P, True), _pyradiomics_mcc(P)
+        assert abs(got - want) <= 3e-8 + 1e-7 * want, (levels, got, want)

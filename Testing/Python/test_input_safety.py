@@ -142,6 +142,11 @@ class MeanModel:
     def probability(self, ki67):
         return 1.0 / (1.0 + np.exp(-np.asarray(ki67)))
 
+    def design_rows(self, row, count):
+        from KiMapLib.model.design import design_matrix
+
+        return np.repeat(design_matrix([row], self.input_features), count, axis=0)
+
 
 def test_map_voxels_whose_ball_leaves_a_sequence_are_nan_and_counted():
     t1c = brain_volume(1)

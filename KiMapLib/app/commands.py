@@ -102,8 +102,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="your own tumour segmentation model (ONNX bundle: model.onnx + segmentation_card.json) "
                         "instead of the automatic method; its necrotic core is not mapped (default: none)")
     mapper.add_argument("--model", type=Path,
-                        help="model bundle folder (default: the packaged model that uses the most of the given "
-                        "sequences: with adc the adc model, else the t1c/t2/flair one)")
+                        help="model bundle folder or a packaged model's id (default: the packaged model that uses "
+                        "the most of the given sequences: with adc the adc model, else the t1c/t2/flair one)")
     mapper.add_argument("--biopsies", type=Path, help="biopsy points to mark on the overlay (default: none)")
     mapper.add_argument("--age", type=_age, help="patient age in years (0-120), a model covariate (default: imputed)")
     mapper.add_argument("--sex", choices=("F", "M"), help="patient sex, a model covariate (default: imputed)")
@@ -309,7 +309,7 @@ def run_map(args: argparse.Namespace) -> int:
     from KiMapLib.app.cli import print_json
     from KiMapLib.features.extraction import biopsy_voxel
     from KiMapLib.maps.mapping import compute_map, write_map
-    from KiMapLib.model.bundle import load_model, packaged_model_dir
+    from KiMapLib.model.bundle import load_model, model_folder
     from KiMapLib.progress import progress_bar
     from KiMapLib.region.model_region import model_region
     from KiMapLib.region.onnx_model import load_segmentation_model
@@ -327,7 +327,7 @@ def run_map(args: argparse.Namespace) -> int:
     if args.exclude_label and not args.region:
         raise KiMapError("--exclude-label applies to a --region you give", input_name="--exclude-label",
                          hint="the automatic region never maps its necrotic core; drop --exclude-label or add --region")
-    model_dir = args.model or packaged_model_dir(sequences=volume_paths)  # the case's sequences pick the packaged one
+    model_dir = model_folder(args.model, volume_paths)  # a folder, a packaged id, or the one the sequences pick
     check_output_folder(args.out, "map", [("--model", model_dir), ("--region", args.region),
                                           ("--biopsies", args.biopsies),
                                           *((f"--volume {name}", path) for name, path in volume_paths.items())])

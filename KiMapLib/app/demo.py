@@ -22,8 +22,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--seed", type=int, default=DEMO_SEED,
                         help="seed of the synthetic demo patient (the packaged model never saw it)")
     parser.add_argument("--model", type=Path,
-                        help="model bundle (default: the packaged model that uses the most of the "
-                        "phantom's sequences: t1c, t2, flair, adc)")
+                        help="model bundle folder or packaged model id (default: the packaged model that uses the "
+                        "most of the phantom's sequences: t1c, t2, flair, adc)")
     parser.set_defaults(func=run)
 
 
@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     from KiMapLib.features.table import write_table
     from KiMapLib.inputs.case import prepare_case
     from KiMapLib.maps.mapping import compute_map, write_map_files
-    from KiMapLib.model.bundle import load_model
+    from KiMapLib.model.bundle import load_model, model_folder
     from KiMapLib.model.plots import predicted_vs_measured
     from KiMapLib.model.prediction import predict_biopsies
     from KiMapLib.model.training import regression_metrics
@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     from KiMapLib.phantom import SYNTHETIC_NOTICE, generate_cohort
     from KiMapLib.progress import progress_bar
 
-    check_output_folder(args.out, "demo", [("--model", args.model)])
+    check_output_folder(args.out, "demo", [("--model", args.model and model_folder(args.model))])
     started = time.perf_counter()
     model = load_model(args.model, sequences=SEQUENCES)
     out = Path(args.out)

@@ -22,7 +22,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--patient-id", help="patient id for a .mrk.json or a CSV without patient_id "
                         "(default: 'patient')")
     parser.add_argument("--model", type=Path,
-                        help="model bundle folder (default: the packaged model that uses the most "
+                        help="model bundle folder or packaged model id (default: the packaged model that uses the most "
                         "of the given sequences)")
     parser.add_argument("--interval-level", type=float, metavar="LEVEL",
                         help="level of the prediction intervals, 0.5-0.99 (default: the model card's, 0.9)")
@@ -38,13 +38,13 @@ def run(args: argparse.Namespace) -> int:
     from KiMapLib.inputs.biopsies import read_biopsies
     from KiMapLib.inputs.case import prepare_case
     from KiMapLib.inputs.images import parse_volume_args, read_volumes
-    from KiMapLib.model.bundle import check_level, load_model, packaged_model_dir
+    from KiMapLib.model.bundle import check_level, load_model, model_folder
     from KiMapLib.model.prediction import predict_biopsies
     from KiMapLib.outputs import check_output_files
     from KiMapLib.progress import progress_bar
 
     volume_paths = parse_volume_args(args.volume)
-    model_dir = args.model or packaged_model_dir(sequences=volume_paths)
+    model_dir = model_folder(args.model, volume_paths)
     check_output_files([args.out], [("--model", model_dir), ("--biopsies", args.biopsies),
                                     *((f"--volume {name}", path) for name, path in volume_paths.items())])
     if args.interval_level is not None:

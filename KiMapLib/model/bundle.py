@@ -150,6 +150,10 @@ def validate_card(card: dict, where: str) -> None:
 def read_card(folder: Path, where: str) -> dict:
     """The folder's model card, parsed and validated (one-line ModelError otherwise)."""
     card_path = folder / CARD_FILE
+    if not folder.exists():
+        ids = ", ".join(e["id"] for e in registry()) or "none"
+        raise ModelError(f"no model_card.json: no such model folder, nor a packaged model id ({ids})",
+                         input_name=where, hint="give a folder written by `kimap train` or a packaged model's id")
     if not card_path.is_file():
         raise ModelError(f"no {CARD_FILE} in the model folder", input_name=where,
                          hint="give a folder written by `kimap train`")
@@ -388,6 +392,21 @@ def packaged_entry(model_id: str | None = None, sequences: Iterable[str] | None 
     return found[0]
 
 
+def packaged_id_entry(path: str | Path) -> dict | None:
+    """The registry entry whose id ``path`` is, when ``path`` names no existing file or folder (``--model
+    kimap-ki67-synthetic-v3`` picks a packaged model by id); else None."""
+    if Path(path).exists():
+        return None
+    return next((e for e in registry() if e["id"] == str(path)), None)
+
+
+def model_folder(path: str | Path | None = None, sequences: Iterable[str] | None = None) -> Path:
+    """The bundle folder ``--model`` means: a folder, a packaged model's id, or (None) the packaged model the case's
+    ``sequences`` choose (:func:`packaged_entry`)."""
+    entry = packaged_entry(sequences=sequences) if path is None else packaged_id_entry(path)
+    return models_dir() / entry["path"] if entry is not None else Path(path)
+
+
 def packaged_model_dir(model_id: str | None = None, sequences: Iterable[str] | None = None) -> Path:
     """Folder of a packaged model (see :func:`packaged_entry`: by id, by the case's sequences, or the default)."""
     return models_dir() / packaged_entry(model_id, sequences)["path"]
@@ -406,8 +425,8 @@ def load_model(path: str | Path | None = None, background: bool = False,
     thread (importing skops takes a second or more); the first prediction waits for it (and its structure check).
     That thread starts once ``start_after`` is set, if given (work that is needed sooner goes first).
     ``sequences``: without ``path``, the case's sequences choose the packaged model (:func:`packaged_entry`)."""
-    entry = packaged_entry(sequences=sequences) if path is None else None
-    folder = Path(path) if path is not None else models_dir() / entry["path"]
+    entry = packaged_entry(sequences=sequences) if path is None else packaged_id_entry(path)
+    folder = model_folder(path, sequences)
     where = str(folder)
     card = read_card(folder, where)
     model_path = folder / card["model_file"]["path"]

@@ -384,3 +384,17 @@ def test_packaged_models_are_chosen_by_sequences_and_load():
     with_adc = load_model(None, sequences=["t1c", "t2", "flair", "adc"])
     assert "adc" in with_adc.required_sequences
     assert with_adc.model_id == packaged_entry(sequences=["t1c", "t2", "flair", "adc"])["id"]
+
+
+def test_model_by_packaged_id_or_folder(tmp_path):
+    """``--model`` takes a folder or a packaged model's id; an id never shadows an existing folder of that name."""
+    from KiMapLib.model.bundle import model_folder, packaged_model_dir
+
+    assert model_folder("kimap-ki67-synthetic-v3") == packaged_model_dir("kimap-ki67-synthetic-v3")
+    assert load_model("kimap-ki67-synthetic-adc-v3").model_id == "kimap-ki67-synthetic-adc-v3"
+    assert model_folder(None, ["t1c", "t2", "flair", "adc"]) == packaged_model_dir("kimap-ki67-synthetic-adc-v3")
+    local = tmp_path / "kimap-ki67-synthetic-v3"
+    local.mkdir()
+    assert model_folder(local) == local
+    with pytest.raises(ModelError, match="no-such-model"):
+        load_model(tmp_path / "no-such-model")

@@ -152,7 +152,7 @@ def read_card(folder: Path, where: str) -> dict:
     card_path = folder / CARD_FILE
     if not folder.exists():
         ids = ", ".join(e["id"] for e in registry()) or "none"
-        raise ModelError(f"no model_card.json: no such model folder, nor a packaged model id ({ids})",
+        raise ModelError(f"no {CARD_FILE}: no such model folder, nor a packaged model id ({ids})",
                          input_name=where, hint="give a folder written by `kimap train` or a packaged model's id")
     if not card_path.is_file():
         raise ModelError(f"no {CARD_FILE} in the model folder", input_name=where,
@@ -400,11 +400,16 @@ def packaged_id_entry(path: str | Path) -> dict | None:
     return next((e for e in registry() if e["id"] == str(path)), None)
 
 
+def _resolve_model(path: str | Path | None, sequences: Iterable[str] | None) -> tuple[dict | None, Path]:
+    """(registry entry or None, bundle folder) of what ``--model`` means (see :func:`model_folder`)."""
+    entry = packaged_entry(sequences=sequences) if path is None else packaged_id_entry(path)
+    return entry, models_dir() / entry["path"] if entry is not None else Path(path)
+
+
 def model_folder(path: str | Path | None = None, sequences: Iterable[str] | None = None) -> Path:
     """The bundle folder ``--model`` means: a folder, a packaged model's id, or (None) the packaged model the case's
     ``sequences`` choose (:func:`packaged_entry`)."""
-    entry = packaged_entry(sequences=sequences) if path is None else packaged_id_entry(path)
-    return models_dir() / entry["path"] if entry is not None else Path(path)
+    return _resolve_model(path, sequences)[1]
 
 
 def packaged_model_dir(model_id: str | None = None, sequences: Iterable[str] | None = None) -> Path:
@@ -425,8 +430,7 @@ def load_model(path: str | Path | None = None, background: bool = False,
     thread (importing skops takes a second or more); the first prediction waits for it (and its structure check).
     That thread starts once ``start_after`` is set, if given (work that is needed sooner goes first).
     ``sequences``: without ``path``, the case's sequences choose the packaged model (:func:`packaged_entry`)."""
-    entry = packaged_entry(sequences=sequences) if path is None else packaged_id_entry(path)
-    folder = model_folder(path, sequences)
+    entry, folder = _resolve_model(path, sequences)
     where = str(folder)
     card = read_card(folder, where)
     model_path = folder / card["model_file"]["path"]

@@ -79,14 +79,14 @@ def _ablate(subsets: dict, score: Callable[[np.ndarray, float, float], dict]) ->
     the progress."""
     items = [("all", "", subsets["all"]), *(("without", s, m) for s, m in subsets["without"].items()),
              *(("only", s, m) for s, m in subsets["only"].items())]
-    out: dict = {"without": {}, "only": {}}
+    out: dict = {"all": None, "without": {}, "only": {}}
     for index, (section, sequence, mask) in enumerate(items):
         value = score(mask, index / len(items), (index + 1) / len(items))
         if section == "all":
             out["all"] = value
         else:
             out[section][sequence] = value
-    return {"all": out["all"], "without": out["without"], "only": out["only"]}
+    return out
 
 
 def sequence_ablation(matrix: np.ndarray, target: np.ndarray, groups: np.ndarray, columns: Sequence[str],

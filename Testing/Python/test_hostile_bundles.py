@@ -417,3 +417,21 @@ def test_a_spread_model_of_another_kind_or_size_is_refused(tiny_model_dir):
     with pytest.raises(ModelError, match=rf"spread.n_features_in_: must be {n + 1}"):
         check_spread({"spread": model.spread}, n + 1, "bundle")
     assert check_spread({"spread": model.spread}, n, "bundle") is model.spread
+
+
+def test_a_deflated_member_that_inflates_past_its_header_is_refused():
+    """Bundles are written deflated; a member whose header understates its size is read only up to that size (then
+    fails), so the audit's bound on the unpacked sizes holds for compressed members too."""
+    import struct
+
+    from KiMapLib.model.skops_audit import audit_model_file
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("schema.json", b'{"a": "' + b"x" * (64 << 20) + b'"}')
+    data = bytearray(buffer.getvalue())
+    data[22:26] = struct.pack("<I", 10)  # local header: uncompressed size
+    central = data.rfind(b"PK\x01\x02")
+    data[central + 24:central + 28] = struct.pack("<I", 10)  # central directory: uncompressed size
+    with pytest.raises(ModelError, match="schema.json is not readable JSON"):
+        audit_model_file(bytes(data), "bomb")

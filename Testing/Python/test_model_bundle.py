@@ -398,3 +398,16 @@ def test_model_by_packaged_id_or_folder(tmp_path):
     assert model_folder(local) == local
     with pytest.raises(ModelError, match="no-such-model"):
         load_model(tmp_path / "no-such-model")
+
+
+def test_bundles_are_written_deflated_and_packaged_ones_stay_small():
+    """A forest's tree tables are text inside skops' schema.json: stored, a packaged model was 6 MB."""
+    import zipfile
+
+    from KiMapLib.model.bundle import packaged_model_dir, registry
+
+    for entry in registry():
+        path = packaged_model_dir(entry["id"]) / "model.skops"
+        with zipfile.ZipFile(path) as archive:
+            assert {info.compress_type for info in archive.infolist()} == {zipfile.ZIP_DEFLATED}
+        assert path.stat().st_size < 1 << 20

@@ -69,3 +69,23 @@ def test_mcc_few_present_levels_among_absent_ones(levels):
         P = C / C.sum()
         got, want = _engine_mcc(P, True), _pyradiomics_mcc(P)
         assert abs(got - want) <= 3e-8 + 1e-7 * want, (levels, got, want)
+
+
+def test_split_levels_by_bit_masks_equals_union_find():
+    """MCC's shortcut test (several never co-occurring level groups -> MCC = 1): the bit-mask flood fill (up to 63
+    levels) and union-find (beyond) agree, also with absent levels (px = 0) between present ones."""
+    rng = np.random.default_rng(11)
+    seen = set()
+    for _ in range(3000):
+        m = int(rng.integers(1, 80))
+        nnz = int(rng.integers(0, 2 * m + 1))
+        ei = rng.integers(0, m, nnz).astype(np.int64)
+        ej = rng.integers(0, m, nnz).astype(np.int64)
+        px = np.zeros(m)
+        px[ei] += 1.0
+        px[ej] += 1.0
+        want = glcm._components(ei, ej, nnz, m, px, np.zeros(m, np.int64)) > 1
+        got = glcm._split(ei, ej, nnz, m, px, np.zeros(m, np.int64), np.zeros(m, np.int64))
+        assert got == want, (m, nnz)
+        seen.add((m > 63, bool(want)))
+    assert seen == {(False, False), (False, True), (True, False), (True, True)}

@@ -304,6 +304,39 @@ def _components(ei, ej, nnz, m, px, parent):
 
 
 @nb.njit(cache=True, nogil=True, error_model="numpy")
+def _split(ei, ej, nnz, m, px, adjacent, parent):
+    """True if the levels with px > 0 fall into more than one group linked by the non-zero entries. Up to 63 levels
+    by bit masks (each level's neighbours as a mask in ``adjacent``, then a flood fill from the first level: O(nnz + m)
+    independent operations instead of union-find's chains of dependent loads), else :func:`_components`
+    (``adjacent``, ``parent``: m scratch integers)."""
+    if m > 63:
+        return _components(ei, ej, nnz, m, px, parent) > 1
+    for i in range(m):
+        adjacent[i] = 0
+    for t in range(nnz):
+        a = ei[t]
+        b = ej[t]
+        adjacent[a] |= 1 << b
+        adjacent[b] |= 1 << a
+    present = 0
+    for i in range(m):
+        if px[i] > 0:
+            present |= 1 << i
+    if present == 0:
+        return False
+    reached = present & -present  # the first present level
+    frontier = reached
+    while frontier != 0:
+        grown = 0
+        for i in range(m):
+            if (frontier >> i) & 1:
+                grown |= adjacent[i]
+        frontier = grown & ~reached
+        reached |= grown
+    return (present & ~reached) != 0
+
+
+@nb.njit(cache=True, nogil=True, error_model="numpy")
 def _mcc(ei, ej, ev, nnz, m, px, py, mdim, symmetric, ridx, mat, start, fill, order, w, work, scratch):
     """sqrt of the 2nd largest eigenvalue of pyradiomics' Q = P Dy^-1 P^T Dx^-1 (in [0, 1]).
 
@@ -316,7 +349,7 @@ def _mcc(ei, ej, ev, nnz, m, px, py, mdim, symmetric, ridx, mat, start, fill, or
     eigenproblem (3/4 of brain1's angle matrices at r = 1, 1/8 at r = 3)."""
     if mdim < 2:
         return 1.0
-    if symmetric and _components(ei, ej, nnz, m, px, start) > 1:
+    if symmetric and _split(ei, ej, nnz, m, px, fill, start):
         return 1.0  # every component has the eigenvalue 1 (eigenvector sqrt(px) on it): 1 is at least double
     r = _mcc_matrix(ei, ej, ev, nnz, m, px, py, symmetric, ridx, mat, start, fill, order, w, scratch)
     if symmetric and r <= 3:

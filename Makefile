@@ -49,14 +49,16 @@ model: $(STAMP)
 # TCGA tumour, brain1's enhancing tumour, the phantom's enhancing rim (z-scored, bin widths 25 and 10) and the
 # AURORA case's brightest enhancement; r = 1, 2, 3; cube (pyradiomics voxel-based) and ball (normal mode per ball).
 # Medians of 3 engine runs and of 3 pyradiomics timings per row. At binWidth 10 pyradiomics runs at ~2-3 voxels/s, so
-# its rows time it on 60 voxels (6 balls) instead of 300 (12): ~5 minutes per radius instead of ~25.
+# its rows time it on 60 voxels (6 balls) instead of 300 (12): ~5 minutes per radius instead of ~25. On TCGA it runs
+# at ~250 voxels/s, so 300 voxels are a 1-2 s difference between two calls that each carry 2-5 s of fixed cost: its
+# cube rows time 3,000 voxels for a stable marginal rate.
 BENCH    := $(PY) -m KiMapLib bench-maps --kernel cube ball --kernel-radius 1 2 3 --pyradiomics-repeats 3
 DATA     := ../shared/data
 PHANTOM  := $(OUT)/bench/phantom/SYN001
 bench: $(STAMP)
 	mkdir -p $(OUT)/bench
 	test -f $(PHANTOM)/t1c.nrrd || $(PY) -m KiMapLib phantom --out $(OUT)/bench/phantom --patients 1 --seed 2026
-	$(BENCH) --name tcga --image $(DATA)/tcga-du-7294/t1c.nii.gz --zscore \
+	$(BENCH) --name tcga --image $(DATA)/tcga-du-7294/t1c.nii.gz --zscore --reference-voxels 3000 \
 	  --mask $(DATA)/tcga-du-7294/tumor_seg_isen20.nii.gz --json $(OUT)/bench/tcga.json
 	$(BENCH) --name brain1 --image $(DATA)/pyradiomics-brain/brain1_image.nrrd \
 	  --mask $(DATA)/pyradiomics-brain/brain1_label.nrrd --json $(OUT)/bench/brain1.json

@@ -67,9 +67,9 @@ def _private(kind: str) -> hd.sr.CodedConcept:
 
 
 def _quantity(kind: str, threshold_percent: float, interval_level: float | None,
-              value_max: float) -> tuple[hd.pm.RealWorldValueMapping, float, float, str]:
-    """(mapping, window centre, window width, content label) of a map of ``kind``; ``value_max`` bounds the
-    out-of-domain score's value range (the other kinds have fixed ranges)."""
+              values: np.ndarray, finite: np.ndarray) -> tuple[hd.pm.RealWorldValueMapping, float, float, str]:
+    """(mapping, window centre, window width, content label) of a map of ``kind``; the out-of-domain score's value
+    range follows its ``values`` (``finite``: where they are finite); the other kinds have fixed ranges."""
     if kind in ("ki67", "lower", "upper"):
         explanation = ("Estimated ki67 labelling index (%)" if kind == "ki67" else
                        f"{kind.capitalize()} bound of the{_level_text(interval_level)} prediction interval of ki67 (%)")
@@ -81,7 +81,7 @@ def _quantity(kind: str, threshold_percent: float, interval_level: float | None,
     if kind == "ood":
         mapping = hd.pm.RealWorldValueMapping(
             lut_label="OOD_SCORE", lut_explanation="Out-of-domain score (> 1: outside the training data)",
-            unit=codes.UCUM.NoUnits, value_range=(0.0, value_max), slope=1.0, intercept=0.0,
+            unit=codes.UCUM.NoUnits, value_range=(0.0, _ood_value_max(values, finite)), slope=1.0, intercept=0.0,
             quantity_definition=_private(kind))
         return mapping, 1.0, 2.0, "KI67_OOD"
     label = f"P(ki67>={threshold_percent:g}%)"
@@ -97,10 +97,9 @@ def _quantity(kind: str, threshold_percent: float, interval_level: float | None,
     return mapping, 0.5, 1.0, "KI67_PROB"
 
 
-def _ood_value_max(array: np.ndarray) -> float:
-    """Upper end of the out-of-domain score's value range: the largest score rounded up, at least 2."""
-    finite = array[np.isfinite(array)]
-    return float(max(2.0, np.ceil(finite.max()) if finite.size else 2.0))
+def _ood_value_max(values: np.ndarray, finite: np.ndarray) -> float:
+    """Upper end of the out-of-domain score's value range: the largest finite score rounded up, at least 2."""
+    return float(max(2.0, np.ceil(values[finite].max()) if finite.any() else 2.0))
 
 
 def _source_metadata(source_datasets: list[Dataset]) -> list[Dataset]:
@@ -137,8 +136,8 @@ def build_parametric_map(
     if kind not in KINDS:
         raise ValueError(f"unknown parametric map kind {kind!r}")
     array = sitk.GetArrayFromImage(values).astype(np.float32)  # [k, j, i] = frames, rows, columns
-    mapping, center, width, content_label = _quantity(kind, threshold_percent, interval_level, _ood_value_max(array))
     finite = np.isfinite(array)
+    mapping, center, width, content_label = _quantity(kind, threshold_percent, interval_level, array, finite)
     low, high = mapping.DoubleFloatRealWorldValueFirstValueMapped, mapping.DoubleFloatRealWorldValueLastValueMapped
     bad = finite & ((array < low) | (array > high))
     if bad.any():

@@ -415,9 +415,9 @@ def model_folder(path: str | Path | None = None, sequences: Iterable[str] | None
     return _resolve_model(path, sequences)[1]
 
 
-def packaged_model_dir(model_id: str | None = None, sequences: Iterable[str] | None = None) -> Path:
-    """Folder of a packaged model (see :func:`packaged_entry`: by id, by the case's sequences, or the default)."""
-    return models_dir() / packaged_entry(model_id, sequences)["path"]
+def packaged_model_dir(model_id: str | None = None) -> Path:
+    """Folder of a packaged model: ``model_id``'s, or the registry's default (see :func:`packaged_entry`)."""
+    return models_dir() / packaged_entry(model_id)["path"]
 
 
 def load_model(path: str | Path | None = None, background: bool = False,
